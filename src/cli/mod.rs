@@ -1,0 +1,316 @@
+//! The `myhoard` command line: parses arguments, dispatches to a command, maps failures to exit
+//! codes (0 success, 1 the command failed, 2 bad usage or an invalid config).
+//!
+//! Runs on the main thread. Errors are printed once, here, with their whole context chain.
+
+mod storage;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use lexopt::prelude::*;
+
+use crate::config::Config;
+use crate::pipeline::{Algorithm, CompressionSettings};
+
+const USAGE: &str = "\
+usage:
+  myhoard validate-config --config PATH
+  myhoard storage ls  --config PATH [--site NAME] [--deep] [--json] [PREFIX]
+  myhoard storage get --config PATH [--site NAME] [--raw] [--compression ALG] KEY [OUTPUT|-]
+  myhoard storage put --config PATH [--site NAME] [--compression ALG] [--level N] [--threads N]
+                      [--metadata JSON] INPUT|- KEY
+  myhoard storage rm  --config PATH [--site NAME] KEY...
+
+The config path may also come from the MYHOARD_CONFIG environment variable. --site defaults to
+backup_settings.upload_site, or to the only site when there is one.";
+
+/// A usage error: exit code 2 with the usage text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Exit code 2 without the usage text: the config was read and is invalid.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config")]
+struct InvalidConfig;
+
+pub fn main() -> ExitCode {
+    // rust-s3 pulls in rustls' aws-lc-rs provider while ureq and mysql use ring; with two
+    // providers compiled in rustls cannot pick one by itself and would panic on first use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+
+    match run(std::env::args_os().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<InvalidConfig>() => ExitCode::from(2),
+        Err(err) if err.is::<UsageError>() => {
+            eprintln!("myhoard: {err}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("myhoard: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One command-line item, owned so the parser can be used again while it is examined.
+enum Opt {
+    Long(String),
+    Short(char),
+    Value(OsString),
+}
+
+impl Opt {
+    fn next(parser: &mut lexopt::Parser) -> Result<Option<Opt>> {
+        Ok(parser.next()?.map(|arg| match arg {
+            Long(name) => Opt::Long(name.to_owned()),
+            Short(c) => Opt::Short(c),
+            Value(value) => Opt::Value(value),
+        }))
+    }
+
+    fn unexpected(self) -> anyhow::Error {
+        match self {
+            Opt::Long(name) => usage(format!("unexpected option --{name}")),
+            Opt::Short(c) => usage(format!("unexpected option -{c}")),
+            Opt::Value(value) => usage(format!("unexpected argument {value:?}")),
+        }
+    }
+}
+
+/// Options shared by every command.
+#[derive(Default)]
+struct Common {
+    config: Option<PathBuf>,
+    site: Option<String>,
+}
+
+impl Common {
+    /// Takes `--config` and `--site` if `arg` is one of them.
+    fn take(&mut self, opt: &Opt, parser: &mut lexopt::Parser) -> Result<bool> {
+        match opt {
+            Opt::Long(name) if name == "config" => self.config = Some(parser.value()?.into()),
+            Opt::Long(name) if name == "site" => self.site = Some(string(parser.value()?)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn config_path(&self) -> Result<PathBuf> {
+        self.config
+            .clone()
+            .or_else(|| std::env::var_os("MYHOARD_CONFIG").map(PathBuf::from))
+            .ok_or_else(|| usage("--config PATH is required"))
+    }
+
+    fn load_config(&self) -> Result<Config> {
+        let path = self.config_path()?;
+        match Config::load(&path) {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    log::warn!("{}: {warning}", path.display());
+                }
+                Ok(config)
+            }
+            Err(errors) => {
+                eprintln!("{}: invalid config:\n{errors}", path.display());
+                Err(InvalidConfig.into())
+            }
+        }
+    }
+
+    fn site_name(&self, config: &Config) -> Result<String> {
+        if let Some(site) = &self.site {
+            return Ok(site.clone());
+        }
+        // Validation resolved this to the only site when the config names none.
+        Ok(config.backup_settings.upload_site.clone())
+    }
+
+    fn open_site(&self) -> Result<storage::Site> {
+        let config = self.load_config()?;
+        let name = self.site_name(&config)?;
+        storage::open_site(&config, &name)
+    }
+}
+
+fn string(value: OsString) -> Result<String> {
+    value
+        .into_string()
+        .map_err(|value| usage(format!("argument {value:?} is not valid UTF-8")))
+}
+
+fn run(args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let command = match parser.next()? {
+        Some(Value(command)) => string(command)?,
+        Some(Long("help") | Short('h')) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(Long("version")) => {
+            println!("myhoard {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(other) => return Err(usage(other.unexpected().to_string())),
+        None => return Err(usage("no command given")),
+    };
+    match command.as_str() {
+        "validate-config" => validate_config(parser),
+        "storage" => {
+            let sub = match parser.next()? {
+                Some(Value(sub)) => string(sub)?,
+                _ => return Err(usage("storage needs a subcommand: ls, get, put or rm")),
+            };
+            match sub.as_str() {
+                "ls" => storage_ls(parser),
+                "get" => storage_get(parser),
+                "put" => storage_put(parser),
+                "rm" => storage_rm(parser),
+                other => Err(usage(format!("unknown storage subcommand {other:?}"))),
+            }
+        }
+        other => Err(usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn validate_config(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if !common.take(&opt, &mut parser)? {
+            return Err(opt.unexpected());
+        }
+    }
+    let path = common.config_path()?;
+    let config = common.load_config()?;
+    println!("{}: valid ({} backup site(s))", path.display(), config.backup_sites.len());
+    Ok(())
+}
+
+fn storage_ls(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    let (mut deep, mut as_json, mut prefix) = (false, false, String::new());
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if common.take(&opt, &mut parser)? {
+            continue;
+        }
+        match opt {
+            Opt::Long(name) if name == "deep" => deep = true,
+            Opt::Long(name) if name == "json" => as_json = true,
+            Opt::Value(value) if prefix.is_empty() => prefix = string(value)?,
+            other => return Err(other.unexpected()),
+        }
+    }
+    let site = common.open_site()?;
+    let stdout = std::io::stdout();
+    storage::ls(&site, &prefix, deep, as_json, &mut stdout.lock())
+}
+
+fn algorithm(value: OsString) -> Result<Algorithm> {
+    string(value)?.parse().map_err(|err: String| usage(err))
+}
+
+fn storage_get(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    let mut options = storage::GetOptions { raw: false, algorithm: None };
+    let mut positional = Vec::new();
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if common.take(&opt, &mut parser)? {
+            continue;
+        }
+        match opt {
+            Opt::Long(name) if name == "raw" => options.raw = true,
+            Opt::Long(name) if name == "compression" => options.algorithm = Some(algorithm(parser.value()?)?),
+            Opt::Value(value) => positional.push(string(value)?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let (key, output) = match positional.as_slice() {
+        [key] => (key.as_str(), "-"),
+        [key, output] => (key.as_str(), output.as_str()),
+        _ => return Err(usage("storage get takes KEY and an optional OUTPUT")),
+    };
+    let site = common.open_site()?;
+    storage::get(&site, key, output, &options)
+}
+
+fn number<T: std::str::FromStr>(option: &str, value: OsString) -> Result<T> {
+    let text = string(value)?;
+    text.parse()
+        .map_err(|_| usage(format!("{option} needs a number, not {text:?}")))
+}
+
+fn storage_put(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    let mut positional = Vec::new();
+    let (mut algorithm_override, mut level, mut threads, mut metadata) = (None, None, None, None);
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if common.take(&opt, &mut parser)? {
+            continue;
+        }
+        match opt {
+            Opt::Long(name) if name == "compression" => algorithm_override = Some(algorithm(parser.value()?)?),
+            Opt::Long(name) if name == "level" => level = Some(number("--level", parser.value()?)?),
+            Opt::Long(name) if name == "threads" => threads = Some(number("--threads", parser.value()?)?),
+            Opt::Long(name) if name == "metadata" => {
+                let text = string(parser.value()?)?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).context("parsing --metadata")?;
+                match value {
+                    serde_json::Value::Object(map) => metadata = Some(map),
+                    _ => return Err(usage("--metadata must be a JSON object")),
+                }
+            }
+            Opt::Value(value) => positional.push(string(value)?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let [input, key] = positional.as_slice() else {
+        return Err(usage("storage put takes INPUT (a file, or - for stdin) and KEY"));
+    };
+    let site = common.open_site()?;
+    let compression = (algorithm_override.is_some() || level.is_some() || threads.is_some()).then(
+        || {
+            let base = site.settings.compression;
+            CompressionSettings {
+                algorithm: algorithm_override.unwrap_or(base.algorithm),
+                level: level.unwrap_or(base.level),
+                threads: threads.unwrap_or(base.threads),
+            }
+        },
+    );
+    let options = storage::PutOptions { extra_metadata: metadata, compression };
+    let stats = storage::put(&site, input, key, &options)?;
+    eprintln!(
+        "stored {key}: {} bytes in, {} bytes stored",
+        stats.original_bytes, stats.stored_bytes
+    );
+    Ok(())
+}
+
+fn storage_rm(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    let mut keys = Vec::new();
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if common.take(&opt, &mut parser)? {
+            continue;
+        }
+        match opt {
+            Opt::Value(value) => keys.push(string(value)?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    if keys.is_empty() {
+        return Err(usage("storage rm needs at least one KEY"));
+    }
+    let site = common.open_site()?;
+    storage::rm(&site, &keys)
+}

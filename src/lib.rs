@@ -1,0 +1,48 @@
+//! myhoard: a MySQL and MariaDB backup daemon, a re-implementation of Aiven's MyHoard.
+//!
+//! It runs beside every database server of a cluster: it takes full snapshots on a schedule,
+//! uploads every binary log to object storage as soon as it closes, restores any backup to any
+//! point in time on a fresh server, and keeps the backup chain correct through failovers. It is
+//! a drop-in for Python MyHoard: same `myhoard.json`, same HTTP API, same object layout and
+//! object format (rohmu's), same metrics.
+//!
+//! # Architecture
+//!
+//! No async runtime. Dedicated OS threads talk only over crossbeam channels:
+//!
+//! - `controller` owns all mutable state and the mode state machine (idle, active, observe,
+//!   promote, restore) and never blocks on I/O;
+//! - `binlog-watcher` notices closed binlogs and reports their GTID ranges;
+//! - `uploader-N` and `downloader-N` pools run transfers and report outcomes;
+//! - `http` (tiny_http) turns each request into a command carrying its own reply channel;
+//! - task threads run long jobs (snapshots, prepare, mysqld restarts) and report progress.
+//!
+//! Jobs go out with `try_send` on bounded channels; results come back on unbounded ones, so a
+//! worker never blocks on reporting. Threads stop when their channel is dropped.
+//!
+//! Every byte stored goes through [`pipeline`]: read → compress → encrypt → [`storage`], each
+//! stage a `std::io` adapter, compression on its own thread so that encryption and I/O hide
+//! behind it. Restores run the reverse and check the MAC before anything is published.
+//!
+//! Built so far: [`config`] (parse and validate `myhoard.json`), [`storage`] (local, S3, GCS and
+//! Azure backends behind one trait, with retries), [`pipeline`] (snappy, zstd, xz and rohmu's
+//! encryption format), and the operator commands in [`cli`]. The controller, HTTP API, database
+//! layer and restore follow in later work.
+//!
+//! # Invariants
+//!
+//! - Nothing outside `storage` knows which cloud is in use.
+//! - No object is ever held whole in memory or staged whole on local disk: transfers stream,
+//!   with memory bounded by a part size and a pipe depth.
+//! - A failed or interrupted upload never leaves a short object visible under its key.
+//! - Decrypted bytes are published (renamed into place, handed to a server) only after the
+//!   object's integrity check passed.
+//! - Only transient storage failures are retried; permission and not-found errors never are.
+//! - Pure policy modules (config validation, retry backoff, GTID arithmetic, schedules,
+//!   retention) do no I/O and are tested with tables of cases.
+//! - Each error is logged once, where it is handled; lower layers return typed errors.
+
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod storage;

@@ -1,0 +1,169 @@
+//! A bounded in-memory pipe between two pipeline threads: a `Write` end and a `Read` end.
+//!
+//! It lets one stage (compression) run on its own thread while the next (encryption and
+//! upload) runs on another, with at most `depth` chunks in flight, so memory stays bounded
+//! whatever the object size. The reader sees end-of-file only when the writer called
+//! `finish()`; a writer dropped without it (its thread failed) makes the reader fail, so a
+//! failed stage can never pass for a short but complete stream.
+
+use std::io::{self, Read, Write};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+enum Message {
+    Data(Vec<u8>),
+    End,
+}
+
+pub struct PipeWriter {
+    buffer: Vec<u8>,
+    chunk_size: usize,
+    data: Sender<Message>,
+    /// Emptied buffers coming back from the reader, so steady state allocates nothing.
+    recycled: Receiver<Vec<u8>>,
+}
+
+pub struct PipeReader {
+    current: Vec<u8>,
+    position: usize,
+    data: Receiver<Message>,
+    recycle: Sender<Vec<u8>>,
+    ended: bool,
+}
+
+/// A pipe moving `chunk_size`-byte chunks, at most `depth` of them queued.
+pub fn pipe(chunk_size: usize, depth: usize) -> (PipeWriter, PipeReader) {
+    let (data_tx, data_rx) = bounded(depth);
+    let (recycle_tx, recycle_rx) = bounded(depth + 2);
+    (
+        PipeWriter {
+            buffer: Vec::with_capacity(chunk_size),
+            chunk_size,
+            data: data_tx,
+            recycled: recycle_rx,
+        },
+        PipeReader {
+            current: Vec::new(),
+            position: 0,
+            data: data_rx,
+            recycle: recycle_tx,
+            ended: false,
+        },
+    )
+}
+
+fn reader_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the next pipeline stage stopped reading")
+}
+
+impl PipeWriter {
+    fn send_buffer(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(self.chunk_size));
+        let full = std::mem::replace(&mut self.buffer, next);
+        self.data.send(Message::Data(full)).map_err(|_| reader_gone())
+    }
+
+    /// Sends what is buffered and marks the stream complete.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.send_buffer()?;
+        self.data.send(Message::End).map_err(|_| reader_gone())
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.chunk_size - self.buffer.len();
+        let n = room.min(buf.len());
+        self.buffer.extend_from_slice(&buf[..n]);
+        if self.buffer.len() == self.chunk_size {
+            self.send_buffer()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Chunks go when full; flushing early would only make them smaller.
+        Ok(())
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.data.recv() {
+                Ok(Message::Data(chunk)) => {
+                    let mut done = std::mem::replace(&mut self.current, chunk);
+                    self.position = 0;
+                    done.clear();
+                    // The writer may be gone or have enough buffers; either way this one is
+                    // simply dropped.
+                    let _ = self.recycle.try_send(done);
+                }
+                Ok(Message::End) => self.ended = true,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the previous pipeline stage failed before finishing its output",
+                    ));
+                }
+            }
+        }
+        let available = &self.current[self.position..];
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carries_everything_in_order() {
+        let (mut writer, mut reader) = pipe(10, 2);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let sent = data.clone();
+        let producer = std::thread::spawn(move || {
+            for chunk in sent.chunks(33) {
+                writer.write_all(chunk)?;
+            }
+            writer.finish()
+        });
+        let mut received = Vec::new();
+        reader.read_to_end(&mut received).expect("read");
+        producer.join().expect("join").expect("producer");
+        assert_eq!(received, data);
+    }
+
+    #[test]
+    fn writer_dropped_without_finish_is_an_error() {
+        let (mut writer, mut reader) = pipe(4, 2);
+        let producer = std::thread::spawn(move || {
+            writer.write_all(b"abcdefgh").expect("write");
+            drop(writer);
+        });
+        let mut received = Vec::new();
+        let err = reader.read_to_end(&mut received).expect_err("must fail");
+        producer.join().expect("join");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn reader_gone_fails_the_writer() {
+        let (mut writer, reader) = pipe(4, 1);
+        drop(reader);
+        let err = writer.write_all(&[0u8; 64]).expect_err("must fail");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+}

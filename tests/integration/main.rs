@@ -1,0 +1,11 @@
+//! The integration test binary: everything that needs a real server or external tool.
+//!
+//! `harness` starts those servers on free loopback ports and makes sure none outlives the test
+//! process. Tools come from `tests/install-test-deps.sh`; without them tests print a note and
+//! pass, except under `CI`, where a missing tool fails the test.
+//!
+//! Run with `cargo nextest run --test integration` (`.config/nextest.toml` bounds the concurrency
+//! of server-heavy tests and kills hung ones).
+
+mod harness;
+mod storage_conformance;

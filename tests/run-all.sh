@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian bookworm machine: installs every tool the tests
+# need (tests/install-test-deps.sh), checks formatting and lints, then runs all tests with
+# cargo-nextest. Tests start their own servers (SeaweedFS, Azurite, fake-gcs-server) on free
+# 127.0.0.1 ports and stop them when they end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing test dependencies"
+tests/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+if cargo tree --locked -e normal,build | grep -qi tokio; then
+    echo "tokio is in the dependency tree: the daemon must stay free of async runtimes" >&2
+    exit 1
+fi
+
+echo "== tests"
+cargo nextest run --locked --no-fail-fast "$@"
