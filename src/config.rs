@@ -4,7 +4,7 @@
 //! The keys, their meanings and their defaults are Python MyHoard's, so an existing
 //! `myhoard.json` keeps working; the few keys that are ours are marked "ours" here and in
 //! `docs/configuration.md`. Loading is two passes. First the JSON is walked as a
-//! `serde_json::Value` against the key tree in [`SCHEMA`]; that lists every unknown key, every
+//! `serde_json::Value` against the key tree in `SCHEMA`; that lists every unknown key, every
 //! missing required key and every value of the wrong type in one go, where serde's
 //! `deny_unknown_fields` would stop at the first. The walked value is then deserialized into
 //! [`RawConfig`], and [`Config::from_raw`] checks the rules that relate values to each other,
@@ -448,10 +448,16 @@ fn walk_object(report: &mut Report, path: &str, keys: &[Key], map: &mut Map<Stri
         };
         if !usable {
             report.replace(&key_path);
-            if key.presence == Presence::Optional {
-                map.remove(key.name);
-            } else {
-                map.insert(key.name.to_owned(), placeholder(key.shape));
+            match key.presence {
+                Presence::Optional => {
+                    map.remove(key.name);
+                }
+                Presence::RequiredNullable => {
+                    map.insert(key.name.to_owned(), Value::Null);
+                }
+                Presence::Required => {
+                    map.insert(key.name.to_owned(), placeholder(key.shape));
+                }
             }
         }
     }
@@ -628,7 +634,7 @@ pub struct RawIncremental {
     pub full_backup_week_schedule: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawBackupSite {
@@ -641,6 +647,18 @@ pub struct RawBackupSite {
     /// Absent or 0: the storage's own limit.
     #[serde(default)]
     pub split_size: Option<u64>,
+}
+
+impl fmt::Debug for RawBackupSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawBackupSite")
+            .field("compression", &self.compression)
+            .field("encryption_keys", &self.encryption_keys)
+            .field("object_storage", &RedactedStorage(&self.object_storage))
+            .field("recovery_only", &self.recovery_only)
+            .field("split_size", &self.split_size)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -872,22 +890,31 @@ pub struct SiteConfig {
     pub split_size: Option<u64>,
 }
 
-// Written by hand because `StorageConfig` derives `Debug` and holds cloud credentials: only the
-// local backend, which has none, is printed in full.
+// Written by hand because `StorageConfig` derives `Debug` and holds cloud credentials.
 impl fmt::Debug for SiteConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("SiteConfig");
-        debug.field("compression", &self.compression);
-        debug.field("encryption_keys", &self.encryption_keys);
-        match &self.object_storage {
-            StorageConfig::Local(local) => debug.field("object_storage", local),
-            StorageConfig::S3(_) => debug.field("object_storage", &"<s3, redacted>"),
-            StorageConfig::Google(_) => debug.field("object_storage", &"<google, redacted>"),
-            StorageConfig::Azure(_) => debug.field("object_storage", &"<azure, redacted>"),
-        };
-        debug.field("recovery_only", &self.recovery_only);
-        debug.field("split_size", &self.split_size);
-        debug.finish()
+        f.debug_struct("SiteConfig")
+            .field("compression", &self.compression)
+            .field("encryption_keys", &self.encryption_keys)
+            .field("object_storage", &RedactedStorage(&self.object_storage))
+            .field("recovery_only", &self.recovery_only)
+            .field("split_size", &self.split_size)
+            .finish()
+    }
+}
+
+/// Debug-prints a storage config without its credentials: only the local backend, which has
+/// none, is printed in full.
+struct RedactedStorage<'a>(&'a StorageConfig);
+
+impl fmt::Debug for RedactedStorage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            StorageConfig::Local(local) => local.fmt(f),
+            StorageConfig::S3(_) => f.write_str("S3(<redacted>)"),
+            StorageConfig::Google(_) => f.write_str("Google(<redacted>)"),
+            StorageConfig::Azure(_) => f.write_str("Azure(<redacted>)"),
+        }
     }
 }
 
@@ -986,9 +1013,10 @@ pub struct XtrabackupSettings {
 impl Config {
     /// Reads, parses and validates a config file. Besides the rules, warns when the file can be
     /// read or written by group or others: it holds the RSA private key and the MySQL password.
+    /// Problems and warnings do not repeat the file's path; callers prefix it.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
-            .map_err(|err| ConfigErrors::single(format!("reading {}: {err}", path.display())))?;
+            .map_err(|err| ConfigErrors::single(format!("cannot read the file: {err}")))?;
         let permission_warning = permission_warning(path);
         match Config::from_json_str(&text) {
             Ok(mut config) => {
@@ -1042,9 +1070,8 @@ fn permission_warning(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "{}: readable or writable by group or others (mode {:04o}), but it holds the RSA \
-             private key and the MySQL password; chmod 600 it",
-            path.display(),
+            "the file is readable or writable by group or others (mode {:04o}), but it holds \
+             the RSA private key and the MySQL password: chmod 600 it",
             mode & 0o7777
         )
     })
@@ -1058,10 +1085,10 @@ fn narrow<T: TryFrom<u64>>(
     range: std::ops::RangeInclusive<u64>,
     message: &str,
 ) -> Option<T> {
-    if range.contains(&value) {
-        if let Ok(narrowed) = T::try_from(value) {
-            return Some(narrowed);
-        }
+    if range.contains(&value)
+        && let Ok(narrowed) = T::try_from(value)
+    {
+        return Some(narrowed);
     }
     report.error(path, message);
     None
@@ -1459,7 +1486,9 @@ fn validate_backup_settings(
 ) -> Option<BackupSettings> {
     const DAY_MINUTES: u64 = 1440;
     let interval = raw.backup_interval_minutes;
-    if interval == 0 || (interval % DAY_MINUTES != 0 && DAY_MINUTES % interval != 0) {
+    if interval == 0
+        || !(interval.is_multiple_of(DAY_MINUTES) || DAY_MINUTES.is_multiple_of(interval))
+    {
         report.error(
             "backup_settings.backup_interval_minutes",
             "must be 1440, a multiple of 1440 or a divisor of 1440",
@@ -1511,11 +1540,15 @@ fn validate_backup_settings(
     let full_backup_week_schedule = if raw.incremental.enabled {
         match week_schedule(schedule) {
             Ok(days) => Some(days),
-            Err(message) => {
+            Err(_) if schedule.trim().is_empty() => {
                 report.error(
                     SCHEDULE_PATH,
-                    format!("{message} (required when enabled is true)"),
+                    format!("required when enabled is true: {WEEK_SCHEDULE_HELP}"),
                 );
+                None
+            }
+            Err(message) => {
+                report.error(SCHEDULE_PATH, message);
                 None
             }
         }
@@ -1697,7 +1730,10 @@ fn validate_statsd(report: &mut Report, raw: RawStatsd) -> Option<StatsdSettings
             (name, rendered)
         })
         .collect();
+    // A replaced host or port reads as null; pairing it would add a wrong second problem.
+    let replaced = report.is_replaced("statsd.host") || report.is_replaced("statsd.port");
     let target = match (raw.host.filter(|host| !host.is_empty()), raw.port) {
+        _ if replaced => None,
         (None, None) => Some(None),
         (Some(host), Some(port)) => narrow(
             report,
@@ -1831,6 +1867,9 @@ RQIDAQAB
             .collect()
     }
 
+    /// A named rule case: edits to the example, and what loading it must give.
+    type Case<'a> = (&'a str, Vec<(&'a str, Option<Value>)>, Expect<'a>);
+
     #[derive(Debug)]
     enum Expect<'a> {
         /// Valid, without warnings.
@@ -1912,7 +1951,11 @@ RQIDAQAB
             let path = join(prefix, key.name);
             match key.shape {
                 Shape::Object(inner) => schema_paths(&path, inner, out),
-                Shape::Named(inner) => schema_paths(&join(&path, "default"), inner, out),
+                Shape::Named(inner) => {
+                    let entry = join(&path, "default");
+                    schema_paths(&entry, inner, out);
+                    out.insert(entry);
+                }
                 _ => {}
             }
             out.insert(path);
@@ -1986,6 +2029,15 @@ RQIDAQAB
     fn defaults_are_myhoards() {
         let mut value = example();
         strip_optional("", SCHEMA, &mut value);
+        // Exactly one of start_command and systemd_service is needed, so the optional systemd
+        // keys go back in.
+        for key in [
+            "systemd_service",
+            "systemctl_command",
+            "systemd_env_update_command",
+        ] {
+            edit(&mut value, key, Some(example()[key].clone()));
+        }
         assert!(value.get("xtrabackup").is_none() && value.get("start_command").is_none());
         let config = Config::from_value(value).unwrap_or_else(|errors| panic!("{errors}"));
 
@@ -2141,7 +2193,7 @@ RQIDAQAB
             ("state_directory", Some(json!("relative/state"))),
             ("statsd.host", Some(json!("localhost"))),
         ]);
-        let errors = Config::from_value(value).err().expect("invalid");
+        let errors = Config::from_value(value).expect_err("invalid");
         let expected = [
             "backup_settings.backup_interval_minutes",
             "backup_settings.incremental.extra",
@@ -2188,10 +2240,9 @@ RQIDAQAB
         const THREADS: &str = "backup_sites.default.compression.threads";
         const PUBLIC: &str = "backup_sites.default.encryption_keys.public";
         const PRIVATE: &str = "backup_sites.default.encryption_keys.private";
-        const STORAGE: &str = "backup_sites.default.object_storage";
         const UPLOAD: &str = "backup_settings.upload_site";
-        let s = |v: Value| Some(v);
-        let cases: Vec<(&str, Vec<(&str, Option<Value>)>, Expect)> = vec![
+        let s = Some::<Value>;
+        let cases: Vec<Case<'_>> = vec![
             // backup_interval_minutes
             (
                 "interval 1440",
@@ -2786,7 +2837,18 @@ RQIDAQAB
             })),
         )]))
         .unwrap_or_else(|errors| panic!("{errors}"));
-        let debug = format!("{config:?}");
+        let raw: RawConfig = serde_json::from_value(with(&[(
+            "backup_sites.default.object_storage",
+            Some(json!({
+                "storage_type": "s3",
+                "region": "eu-west-1",
+                "bucket_name": "backups",
+                "aws_access_key_id": "AKIAEXAMPLE",
+                "aws_secret_access_key": "s3cr3t-access-key",
+            })),
+        )]))
+        .expect("a RawConfig");
+        let debug = format!("{config:?} {raw:?}");
         let private_line = example()["backup_sites"]["default"]["encryption_keys"]["private"]
             .as_str()
             .and_then(|pem| pem.lines().nth(1))
@@ -2816,23 +2878,17 @@ RQIDAQAB
             assert_eq!(has, warned, "mode {mode:o}: {:?}", config.warnings);
         }
 
-        let missing = Config::load(Path::new("/nonexistent/myhoard.json"))
-            .err()
-            .expect("error");
-        assert!(
-            missing
-                .to_string()
-                .starts_with("reading /nonexistent/myhoard.json: "),
-            "{missing}"
+        let missing = Config::load(Path::new("/nonexistent/myhoard.json")).expect_err("error");
+        assert_eq!(
+            missing.to_string(),
+            "cannot read the file: No such file or directory (os error 2)"
         );
-        let garbage = Config::from_json_str("{\"http_port\": ")
-            .err()
-            .expect("error");
+        let garbage = Config::from_json_str("{\"http_port\": ").expect_err("error");
         assert!(
             garbage.to_string().starts_with("not valid JSON: "),
             "{garbage}"
         );
-        let array = Config::from_json_str("[]").err().expect("error");
+        let array = Config::from_json_str("[]").expect_err("error");
         assert_eq!(
             array.to_string(),
             "the configuration must be a JSON object, not a list"

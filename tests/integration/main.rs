@@ -8,4 +8,6 @@
 //! of server-heavy tests and kills hung ones).
 
 mod harness;
+mod rohmu_compat;
+mod storage_cli;
 mod storage_conformance;

@@ -16,6 +16,7 @@ run rohmu's pipeline file to file (the benchmark uses them).
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -34,6 +35,10 @@ def read_key(path):
 
 def encode(input_path, output_fp, algorithm, level, threads, public_key):
     with open(input_path, "rb") as input_fp:
+        if algorithm == "none" and not public_key:
+            # rohmu stores such objects as they are; its write_file would close output_fp here.
+            shutil.copyfileobj(input_fp, output_fp)
+            return
         return rohmufile.write_file(
             input_obj=input_fp,
             output_obj=output_fp,
@@ -44,19 +49,26 @@ def encode(input_path, output_fp, algorithm, level, threads, public_key):
         )
 
 
-def decode(input_fp, output_path, algorithm, private_key):
+def decode(input_fp, size, output_path, algorithm, private_key):
+    """Pushes the object through rohmu's sink pipeline, as MyHoard restores binlogs."""
     metadata = {}
     if algorithm != "none":
         metadata["compression-algorithm"] = algorithm
     if private_key:
         metadata["encryption-key-id"] = KEY_ID
     with open(output_path, "wb") as output_fp:
-        rohmufile.read_file(
-            input_obj=input_fp,
-            output_obj=output_fp,
+        sink = rohmufile.create_sink_pipeline(
+            output=output_fp,
+            file_size=size,
             metadata=metadata,
             key_lookup=lambda key_id: private_key if key_id == KEY_ID else None,
+            throttle_time=0,
         )
+        while True:
+            data = input_fp.read(1024 * 1024)
+            if not data:
+                break
+            sink.write(data)
 
 
 def main():
@@ -78,7 +90,7 @@ def main():
             encode(args.input, output_fp, args.algorithm, args.level, args.threads, read_key(args.public_key))
     elif args.command == "decode":
         with open(args.input, "rb") as input_fp:
-            decode(input_fp, args.output, args.algorithm, read_key(args.private_key))
+            decode(input_fp, os.path.getsize(args.input), args.output, args.algorithm, read_key(args.private_key))
     elif args.command == "put":
         storage = LocalTransfer(directory=args.dir)
         public_key = read_key(args.public_key)
@@ -95,9 +107,10 @@ def main():
         info = json.loads(storage.get_metadata_for_key(args.key)["json"])
         with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(args.output))) as encoded:
             storage.get_contents_to_fileobj(args.key, encoded)
+            size = encoded.tell()
             encoded.seek(0)
             private_key = read_key(args.private_key) if info.get("encrypted", True) else None
-            decode(encoded, args.output, info["compression_algorithm"], private_key)
+            decode(encoded, size, args.output, info["compression_algorithm"], private_key)
     return 0
 
 

@@ -13,6 +13,7 @@
 
 pub mod azurite;
 pub mod fake_gcs;
+pub mod myhoard;
 pub mod seaweedfs;
 
 use std::ffi::c_int;
