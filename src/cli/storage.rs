@@ -157,7 +157,8 @@ fn write_then_rename(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     write(temp.as_file_mut())?;
-    temp.as_file().sync_all().context("syncing the output")?;
+    // No fsync: the rename is what keeps a failed or tampered fetch from leaving a file, and
+    // an operator's copy does not need to survive a power cut the way daemon state does.
     temp.persist(path)
         .with_context(|| format!("renaming the output into {}", path.display()))?;
     Ok(())
