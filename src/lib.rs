@@ -42,7 +42,10 @@
 //!   retention) do no I/O and are tested with tables of cases.
 //! - Each error is logged once, where it is handled; lower layers return typed errors.
 
+pub mod binlog;
 pub mod cli;
 pub mod config;
+pub mod db;
+pub mod gtid;
 pub mod pipeline;
 pub mod storage;

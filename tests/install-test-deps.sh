@@ -141,4 +141,5 @@ import rohmu, snappy, zstandard
 print("install-test-deps: python:", ", ".join(p + " " + version(p) for p in ("rohmu", "zstandard", "python-snappy")))
 '
 say "zstd: $(zstd --version)"
+MYHOARD_TEST_TOOLS=$tools "$repo/tests/install-db.sh"   # MariaDB 10.11 (apt), MySQL 9.7 (sid, unpacked)
 say "done; tools are in $tools (override with MYHOARD_TEST_TOOLS)"

@@ -3,6 +3,7 @@
 //!
 //! Runs on the main thread. Errors are printed once, here, with their whole context chain.
 
+mod binlog;
 mod storage;
 
 use std::ffi::OsString;
@@ -23,9 +24,13 @@ usage:
   myhoard storage put --config PATH [--site NAME] [--compression ALG] [--level N] [--threads N]
                       [--metadata JSON] INPUT|- KEY
   myhoard storage rm  --config PATH [--site NAME] KEY...
+  myhoard binlog inspect [--transactions] [--strict] FILE...
 
 The config path may also come from the MYHOARD_CONFIG environment variable. --site defaults to
-backup_settings.upload_site, or to the only site when there is one.";
+backup_settings.upload_site, or to the only site when there is one.
+
+binlog inspect prints one JSON line per file (and with --transactions one per transaction
+first); --strict treats an incomplete last event as damage rather than a file being written.";
 
 /// A usage error: exit code 2 with the usage text.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +183,16 @@ fn run(args: Vec<OsString>) -> Result<()> {
                 other => Err(usage(format!("unknown storage subcommand {other:?}"))),
             }
         }
+        "binlog" => {
+            let sub = match parser.next()? {
+                Some(Value(sub)) => string(sub)?,
+                _ => return Err(usage("binlog needs a subcommand: inspect")),
+            };
+            match sub.as_str() {
+                "inspect" => binlog_inspect(parser),
+                other => Err(usage(format!("unknown binlog subcommand {other:?}"))),
+            }
+        }
         other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
@@ -313,4 +328,23 @@ fn storage_rm(mut parser: lexopt::Parser) -> Result<()> {
     }
     let site = common.open_site()?;
     storage::rm(&site, &keys)
+}
+
+fn binlog_inspect(mut parser: lexopt::Parser) -> Result<()> {
+    let mut options = binlog::InspectOptions { transactions: false, strict: false };
+    let mut files = Vec::new();
+    while let Some(opt) = Opt::next(&mut parser)? {
+        match opt {
+            Opt::Long(name) if name == "transactions" => options.transactions = true,
+            Opt::Long(name) if name == "strict" => options.strict = true,
+            Opt::Value(value) => files.push(PathBuf::from(value)),
+            other => return Err(other.unexpected()),
+        }
+    }
+    if files.is_empty() {
+        return Err(usage("binlog inspect needs at least one FILE"));
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    binlog::inspect(&files, &options, &mut out)
 }

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use ureq::SendBody;
 use ureq::http::{self as uhttp, Method};
 
-use super::http::{self, Response, percent_encode, query_string, read_json, request_error, status_error};
+use super::http::{
+    self, Response, percent_encode, query_string, read_json, request_error, status_error,
+};
 use super::multipart::{self, PartSink};
 use super::{
     Error, ErrorKind, KeyPrefix, ListOptions, Listing, Metadata, ObjectInfo, ObjectStorage, Result,
@@ -79,8 +81,11 @@ impl GcsConfig {
         if self.bucket_name.is_empty() {
             problems.push(("bucket_name".into(), "must not be empty".into()));
         }
-        if self.chunk_size == 0 || self.chunk_size % (256 << 10) != 0 {
-            problems.push(("chunk_size".into(), "must be a positive multiple of 262144".into()));
+        if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(256 << 10) {
+            problems.push((
+                "chunk_size".into(),
+                "must be a positive multiple of 262144".into(),
+            ));
         }
         if self.credentials.is_some() && self.credential_file.is_some() {
             problems.push((
@@ -91,7 +96,8 @@ impl GcsConfig {
         if self.credentials.is_none() && self.credential_file.is_none() && self.endpoint.is_none() {
             problems.push((
                 "credential_file".into(),
-                "credentials or credential_file is required unless endpoint names an emulator".into(),
+                "credentials or credential_file is required unless endpoint names an emulator"
+                    .into(),
             ));
         }
         if self.proxy_info.is_some() {
@@ -155,7 +161,12 @@ struct TokenSource {
 }
 
 /// `header.claims`, each part base64url-encoded JSON: what the RS256 signature covers.
-fn jwt_signing_input(client_email: &str, key_id: Option<&str>, token_uri: &str, now: u64) -> String {
+fn jwt_signing_input(
+    client_email: &str,
+    key_id: Option<&str>,
+    token_uri: &str,
+    now: u64,
+) -> String {
     let header = JwtHeader {
         alg: "RS256",
         typ: "JWT",
@@ -171,7 +182,11 @@ fn jwt_signing_input(client_email: &str, key_id: Option<&str>, token_uri: &str, 
     // Serializing these plain structs cannot fail; an empty part would be rejected by the server.
     let header = serde_json::to_vec(&header).unwrap_or_default();
     let claims = serde_json::to_vec(&claims).unwrap_or_default();
-    format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims))
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    )
 }
 
 /// The DER inside a PEM block, and whether it is PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE
@@ -195,7 +210,9 @@ fn pem_der(pem: &str) -> Result<(Vec<u8>, bool), String> {
     match label.as_str() {
         "PRIVATE KEY" => Ok((der, true)),
         "RSA PRIVATE KEY" => Ok((der, false)),
-        other => Err(format!("private_key is a {other:?}, not an RSA private key")),
+        other => Err(format!(
+            "private_key is a {other:?}, not an RSA private key"
+        )),
     }
 }
 
@@ -204,7 +221,9 @@ impl TokenSource {
         if let Some(kind) = &key.kind
             && kind != "service_account"
         {
-            return Err(format!("credentials of type {kind:?} are not supported, only service_account"));
+            return Err(format!(
+                "credentials of type {kind:?} are not supported, only service_account"
+            ));
         }
         let (der, pkcs8) = pem_der(&key.private_key)?;
         let key_pair = if pkcs8 {
@@ -216,7 +235,9 @@ impl TokenSource {
         Ok(TokenSource {
             client_email: key.client_email,
             key_id: key.private_key_id,
-            token_uri: key.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
+            token_uri: key
+                .token_uri
+                .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
             key_pair,
             rng: ring::rand::SystemRandom::new(),
             cached: Mutex::new(None),
@@ -224,10 +245,20 @@ impl TokenSource {
     }
 
     fn assertion(&self, now: u64) -> Result<String, String> {
-        let input = jwt_signing_input(&self.client_email, self.key_id.as_deref(), &self.token_uri, now);
+        let input = jwt_signing_input(
+            &self.client_email,
+            self.key_id.as_deref(),
+            &self.token_uri,
+            now,
+        );
         let mut signature = vec![0u8; self.key_pair.public().modulus_len()];
         self.key_pair
-            .sign(&RSA_PKCS1_SHA256, &self.rng, input.as_bytes(), &mut signature)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &self.rng,
+                input.as_bytes(),
+                &mut signature,
+            )
             .map_err(|_| "signing the token request failed".to_owned())?;
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
@@ -250,13 +281,33 @@ impl TokenSource {
         *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn fetch(&self, agent: &ureq::Agent, operation: &'static str, key: &str) -> Result<CachedToken> {
+    fn fetch(
+        &self,
+        agent: &ureq::Agent,
+        operation: &'static str,
+        key: &str,
+    ) -> Result<CachedToken> {
         let failed = |err: Error| {
-            Error::new(err.kind, operation, key, format!("getting an access token from {}: {}", self.token_uri, err.message))
+            Error::new(
+                err.kind,
+                operation,
+                key,
+                format!(
+                    "getting an access token from {}: {}",
+                    self.token_uri, err.message
+                ),
+            )
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| Error::new(ErrorKind::Other, operation, key, "system clock is before 1970"))?
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Other,
+                    operation,
+                    key,
+                    "system clock is before 1970",
+                )
+            })?
             .as_secs();
         let assertion = self
             .assertion(now)
@@ -277,14 +328,19 @@ impl TokenSource {
             // invalid_grant, a deleted key, a skewed clock: the credentials do not work.
             400 | 401 | 403 => {
                 let err = status_error(operation, key, response);
-                return Err(failed(Error { kind: ErrorKind::PermissionDenied, ..err }));
+                return Err(failed(Error {
+                    kind: ErrorKind::PermissionDenied,
+                    ..err
+                }));
             }
             _ => return Err(failed(status_error(operation, key, response))),
         }
         let answer: TokenAnswer = read_json(operation, key, response).map_err(failed)?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(JWT_LIFETIME_SECS));
         // Refresh early, but never sooner than half way through a (short) lifetime.
-        let keep = lifetime.saturating_sub(TOKEN_EARLY_REFRESH).max(lifetime / 2);
+        let keep = lifetime
+            .saturating_sub(TOKEN_EARLY_REFRESH)
+            .max(lifetime / 2);
         Ok(CachedToken {
             bearer: answer.access_token,
             refresh_at: requested + keep,
@@ -324,13 +380,17 @@ struct ObjectResource {
 }
 
 /// GCS sends 64-bit sizes as JSON strings; accept numbers too, as emulators may.
-fn size_from_string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+fn size_from_string_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
     match serde_json::Value::deserialize(deserializer)? {
         serde_json::Value::String(text) => text.parse().map_err(serde::de::Error::custom),
         serde_json::Value::Number(number) => number
             .as_u64()
             .ok_or_else(|| serde::de::Error::custom("size is not a non-negative integer")),
-        other => Err(serde::de::Error::custom(format!("size is {other}, not a number"))),
+        other => Err(serde::de::Error::custom(format!(
+            "size is {other}, not a number"
+        ))),
     }
 }
 
@@ -368,13 +428,22 @@ pub struct GcsStorage {
 
 impl GcsStorage {
     pub fn open(config: &GcsConfig) -> Result<GcsStorage> {
-        let invalid = |message: String| Error::new(ErrorKind::InvalidConfig, "open", &config.bucket_name, message);
+        let invalid = |message: String| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "open",
+                &config.bucket_name,
+                message,
+            )
+        };
         if config.bucket_name.is_empty() {
             return Err(invalid("bucket_name must not be empty".into()));
         }
         // A resumable session rejects intermediate chunks of any other size.
-        if config.chunk_size == 0 || config.chunk_size % CHUNK_GRANULE != 0 {
-            return Err(invalid(format!("chunk_size must be a positive multiple of {CHUNK_GRANULE}")));
+        if config.chunk_size == 0 || !config.chunk_size.is_multiple_of(CHUNK_GRANULE) {
+            return Err(invalid(format!(
+                "chunk_size must be a positive multiple of {CHUNK_GRANULE}"
+            )));
         }
         let auth = match load_key(config).map_err(&invalid)? {
             Some(key) => Some(TokenSource::new(key).map_err(&invalid)?),
@@ -399,11 +468,19 @@ impl GcsStorage {
     }
 
     fn object_url(&self, name: &str) -> String {
-        format!("{}/storage/v1/b/{}/o/{}", self.endpoint, self.bucket, percent_encode(name, false))
+        format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.endpoint,
+            self.bucket,
+            percent_encode(name, false)
+        )
     }
 
     fn upload_url(&self, upload_type: &str) -> String {
-        format!("{}/upload/storage/v1/b/{}/o?uploadType={upload_type}", self.endpoint, self.bucket)
+        format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType={upload_type}",
+            self.endpoint, self.bucket
+        )
     }
 
     /// Sends one request, with a bearer token when configured. A 401 on a cached token (revoked,
@@ -431,8 +508,14 @@ impl GcsStorage {
             if let Some(bearer) = &bearer {
                 builder = builder.header("authorization", format!("Bearer {bearer}"));
             }
-            let bad_request =
-                |err: uhttp::Error| Error::new(ErrorKind::Other, operation, key, format!("building request: {err}"));
+            let bad_request = |err: uhttp::Error| {
+                Error::new(
+                    ErrorKind::Other,
+                    operation,
+                    key,
+                    format!("building request: {err}"),
+                )
+            };
             let sent = match payload {
                 Payload::None => self.agent.run(builder.body(()).map_err(bad_request)?),
                 Payload::Bytes(bytes) => {
@@ -493,7 +576,11 @@ impl GcsStorage {
 fn boundary_for(data: &[u8]) -> String {
     (0u64..)
         .map(|n| format!("myhoard-part-boundary-{n:016x}"))
-        .find(|boundary| !data.windows(boundary.len()).any(|window| window == boundary.as_bytes()))
+        .find(|boundary| {
+            !data
+                .windows(boundary.len())
+                .any(|window| window == boundary.as_bytes())
+        })
         .unwrap_or_default()
 }
 
@@ -503,13 +590,23 @@ fn persisted_bytes(response: &Response) -> Option<u64> {
 }
 
 fn parse_persisted(range: &str) -> Option<u64> {
-    let last: u64 = range.trim().strip_prefix("bytes=")?.split_once('-')?.1.trim().parse().ok()?;
+    let last: u64 = range
+        .trim()
+        .strip_prefix("bytes=")?
+        .split_once('-')?
+        .1
+        .trim()
+        .parse()
+        .ok()?;
     last.checked_add(1)
 }
 
 /// Reads and drops an answer body so the connection can go back to the pool.
 fn drain(response: Response) {
-    let _ = std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink());
+    let _ = std::io::copy(
+        &mut response.into_body().into_reader(),
+        &mut std::io::sink(),
+    );
 }
 
 struct GcsUpload<'a> {
@@ -566,7 +663,13 @@ impl GcsUpload<'_> {
     }
 
     /// Sends what the server does not hold yet of the chunk `offset..offset + data.len()`.
-    fn send_chunk(&self, session: &mut Session, offset: u64, data: &[u8], is_last: bool) -> Result<()> {
+    fn send_chunk(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        data: &[u8],
+        is_last: bool,
+    ) -> Result<()> {
         let operation = "upload part";
         let end = offset + data.len() as u64;
         if session.resync {
@@ -577,7 +680,12 @@ impl GcsUpload<'_> {
                 return if is_last {
                     Ok(())
                 } else {
-                    Err(Error::new(ErrorKind::Other, operation, self.key, "GCS finished the upload before its last chunk"))
+                    Err(Error::new(
+                        ErrorKind::Other,
+                        operation,
+                        self.key,
+                        "GCS finished the upload before its last chunk",
+                    ))
                 };
             }
             // The previous chunk is gone from our buffer: if the server lost part of it, the
@@ -587,7 +695,10 @@ impl GcsUpload<'_> {
                     ErrorKind::Other,
                     operation,
                     self.key,
-                    format!("GCS holds {} bytes, expected between {offset} and {end}", session.persisted),
+                    format!(
+                        "GCS holds {} bytes, expected between {offset} and {end}",
+                        session.persisted
+                    ),
                 ));
             }
             if session.persisted == end && !is_last {
@@ -595,7 +706,11 @@ impl GcsUpload<'_> {
             }
             let from = session.persisted;
             let rest = &data[(from - offset) as usize..];
-            let total = if is_last { end.to_string() } else { "*".to_owned() };
+            let total = if is_last {
+                end.to_string()
+            } else {
+                "*".to_owned()
+            };
             let range = if rest.is_empty() {
                 // Everything is there but the size was never declared: finalize.
                 format!("bytes */{total}")
@@ -615,7 +730,12 @@ impl GcsUpload<'_> {
                     let persisted = persisted_bytes(&response).unwrap_or(0);
                     drain(response);
                     if persisted <= from {
-                        return Err(Error::new(ErrorKind::Transient, operation, self.key, "GCS stored none of the chunk"));
+                        return Err(Error::new(
+                            ErrorKind::Transient,
+                            operation,
+                            self.key,
+                            "GCS stored none of the chunk",
+                        ));
                     }
                     // Possibly only part of the chunk: the loop sends the rest.
                     session.persisted = persisted;
@@ -636,9 +756,13 @@ impl PartSink for GcsUpload<'_> {
 
     fn put_whole(&self, data: &[u8]) -> Result<()> {
         let boundary = boundary_for(data);
-        let mut head = format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n").into_bytes();
+        let mut head =
+            format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n")
+                .into_bytes();
         head.extend_from_slice(&self.resource());
-        head.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: {CONTENT_TYPE}\r\n\r\n").as_bytes());
+        head.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: {CONTENT_TYPE}\r\n\r\n").as_bytes(),
+        );
         let tail = format!("\r\n--{boundary}--\r\n");
         let content_type = format!("multipart/related; boundary={boundary}");
         let response = self.storage.expect_success(
@@ -671,7 +795,14 @@ impl PartSink for GcsUpload<'_> {
             .get("location")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
-            .ok_or_else(|| Error::new(ErrorKind::Other, operation, self.key, "GCS gave no session URI"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    operation,
+                    self.key,
+                    "GCS gave no session URI",
+                )
+            })?;
         drain(response);
         Ok(Session {
             uri,
@@ -681,7 +812,14 @@ impl PartSink for GcsUpload<'_> {
         })
     }
 
-    fn put_part(&self, session: &mut Session, _number: u32, offset: u64, data: &[u8], is_last: bool) -> Result<()> {
+    fn put_part(
+        &self,
+        session: &mut Session,
+        _number: u32,
+        offset: u64,
+        data: &[u8],
+        is_last: bool,
+    ) -> Result<()> {
         let sent = self.send_chunk(session, offset, data, is_last);
         if sent.is_err() {
             session.resync = true;
@@ -694,19 +832,31 @@ impl PartSink for GcsUpload<'_> {
         if session.finished {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Other, "complete upload", self.key, "the last chunk was not accepted"))
+            Err(Error::new(
+                ErrorKind::Other,
+                "complete upload",
+                self.key,
+                "the last chunk was not accepted",
+            ))
         }
     }
 
     fn abort(&self, session: Session) {
         // GCS answers a cancelled session with 499; an unfinished session would also expire by
         // itself after a week, and never becomes an object.
-        match self
-            .storage
-            .send("abort upload", self.key, Method::DELETE, &session.uri, &[], Payload::None)
-        {
+        match self.storage.send(
+            "abort upload",
+            self.key,
+            Method::DELETE,
+            &session.uri,
+            &[],
+            Payload::None,
+        ) {
             Ok(response) => drain(response),
-            Err(err) => log::warn!("cancelling the resumable upload of {:?} failed: {err}", self.key),
+            Err(err) => log::warn!(
+                "cancelling the resumable upload of {:?} failed: {err}",
+                self.key
+            ),
         }
     }
 }
@@ -726,13 +876,22 @@ impl ObjectStorage for GcsStorage {
         self.get_range(key, offset, u64::MAX, out)
     }
 
-    fn get_range(&self, key: &str, start: u64, end: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64> {
         if end <= start {
             return Ok(0);
         }
         let url = format!("{}?alt=media", self.object_url(&self.prefix.full(key)));
         let range = http::range_header(start, end);
-        let headers: Vec<(&str, &str)> = range.iter().map(|range| ("range", range.as_str())).collect();
+        let headers: Vec<(&str, &str)> = range
+            .iter()
+            .map(|range| ("range", range.as_str()))
+            .collect();
         let response = self.send("download", key, Method::GET, &url, &headers, Payload::None)?;
         http::receive_download("download", key, response, start, end, out)
     }
@@ -759,8 +918,14 @@ impl ObjectStorage for GcsStorage {
             if let Some(token) = page_token.take() {
                 query.push(("pageToken", token));
             }
-            let url = format!("{}/storage/v1/b/{}/o{}", self.endpoint, self.bucket, query_string(&query));
-            let response = self.expect_success("list", prefix, Method::GET, &url, &[], Payload::None)?;
+            let url = format!(
+                "{}/storage/v1/b/{}/o{}",
+                self.endpoint,
+                self.bucket,
+                query_string(&query)
+            );
+            let response =
+                self.expect_success("list", prefix, Method::GET, &url, &[], Payload::None)?;
             let page: ObjectList = read_json("list", prefix, response)?;
             for object in page.items {
                 if let Some(info) = self.object_info(object, options.with_metadata) {
@@ -784,7 +949,8 @@ impl ObjectStorage for GcsStorage {
 
     fn delete(&self, key: &str) -> Result<()> {
         let url = self.object_url(&self.prefix.full(key));
-        let response = self.expect_success("delete", key, Method::DELETE, &url, &[], Payload::None)?;
+        let response =
+            self.expect_success("delete", key, Method::DELETE, &url, &[], Payload::None)?;
         drain(response);
         Ok(())
     }
@@ -808,7 +974,10 @@ mod tests {
             1_700_000_000,
         );
         let (header, claims) = input.split_once('.').expect("two parts");
-        assert!(!input.contains(['=', '+', '/']), "base64url without padding: {input}");
+        assert!(
+            !input.contains(['=', '+', '/']),
+            "base64url without padding: {input}"
+        );
         assert_eq!(
             decode_part(header),
             serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "key-1"})
@@ -830,14 +999,18 @@ mod tests {
         );
         let without_kid = jwt_signing_input("a@b", None, "https://t", 0);
         let header = without_kid.split_once('.').expect("two parts").0;
-        assert_eq!(decode_part(header), serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+        assert_eq!(
+            decode_part(header),
+            serde_json::json!({"alg": "RS256", "typ": "JWT"})
+        );
     }
 
     #[test]
     fn pem_blocks() {
         let pem = "-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n";
         assert_eq!(pem_der(pem), Ok((vec![0, 1, 2, 3], true)));
-        let escaped_in_json = "-----BEGIN RSA PRIVATE KEY-----\r\nAAEC\r\n-----END RSA PRIVATE KEY-----";
+        let escaped_in_json =
+            "-----BEGIN RSA PRIVATE KEY-----\r\nAAEC\r\n-----END RSA PRIVATE KEY-----";
         assert_eq!(pem_der(escaped_in_json), Ok((vec![0, 1, 2], false)));
         assert!(pem_der("not a key").is_err());
         assert!(pem_der("-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----").is_err());
@@ -863,18 +1036,29 @@ mod tests {
             serde_json::json!("{not json"),
         ];
         for credentials in cases {
-            let err = GcsStorage::open(&config(credentials.clone())).err().expect("must fail");
+            let err = GcsStorage::open(&config(credentials.clone()))
+                .err()
+                .expect("must fail");
             assert_eq!(err.kind, ErrorKind::InvalidConfig, "{credentials}");
         }
         let mut emulator = config(serde_json::Value::Null);
         emulator.credentials = None;
-        assert_eq!(GcsStorage::open(&emulator).err().map(|e| e.kind), Some(ErrorKind::InvalidConfig));
+        assert_eq!(
+            GcsStorage::open(&emulator).err().map(|e| e.kind),
+            Some(ErrorKind::InvalidConfig)
+        );
         emulator.endpoint = Some("http://127.0.0.1:1/".into());
         let storage = GcsStorage::open(&emulator).expect("emulator config");
         assert_eq!(storage.endpoint, "http://127.0.0.1:1");
-        assert_eq!(storage.object_url("a/b c"), "http://127.0.0.1:1/storage/v1/b/b/o/a%2Fb%20c");
+        assert_eq!(
+            storage.object_url("a/b c"),
+            "http://127.0.0.1:1/storage/v1/b/b/o/a%2Fb%20c"
+        );
         emulator.chunk_size = 1000;
-        assert_eq!(GcsStorage::open(&emulator).err().map(|e| e.kind), Some(ErrorKind::InvalidConfig));
+        assert_eq!(
+            GcsStorage::open(&emulator).err().map(|e| e.kind),
+            Some(ErrorKind::InvalidConfig)
+        );
     }
 
     #[test]
@@ -892,13 +1076,18 @@ mod tests {
         assert_eq!(page.prefixes, ["p/site/"]);
         assert_eq!(page.items[0].size, 12);
         assert_eq!(
-            page.items[0].metadata.as_ref().and_then(|m| m.get("json")).map(String::as_str),
+            page.items[0]
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("json"))
+                .map(String::as_str),
             Some("{\"a\": 1}")
         );
         assert_eq!(page.items[1].size, 0);
         assert!(page.items[1].metadata.is_none());
         assert!(serde_json::from_str::<ObjectResource>(r#"{"name": "x", "size": "-1"}"#).is_err());
-        let empty: ObjectList = serde_json::from_str(r#"{"kind": "storage#objects"}"#).expect("parse");
+        let empty: ObjectList =
+            serde_json::from_str(r#"{"kind": "storage#objects"}"#).expect("parse");
         assert!(empty.items.is_empty() && empty.next_page_token.is_none());
     }
 

@@ -93,7 +93,12 @@ pub(crate) fn status_error(operation: &'static str, key: &str, response: Respons
 }
 
 /// Reads a whole (small) answer body: listings, object resources, tokens.
-pub(crate) fn read_body(operation: &'static str, key: &str, response: Response, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_body(
+    operation: &'static str,
+    key: &str,
+    response: Response,
+    limit: u64,
+) -> Result<Vec<u8>> {
     response
         .into_body()
         .with_config()
@@ -110,7 +115,12 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let body = read_body(operation, key, response, 64 << 20)?;
     serde_json::from_slice(&body).map_err(|err| {
-        Error::new(ErrorKind::Other, operation, key, format!("unexpected answer from server: {err}"))
+        Error::new(
+            ErrorKind::Other,
+            operation,
+            key,
+            format!("unexpected answer from server: {err}"),
+        )
     })
 }
 
@@ -124,16 +134,18 @@ struct ClassifiedBody<R>(R);
 
 impl<R: Read> Read for ClassifiedBody<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|err| match ureq::Error::from(err) {
-            ureq::Error::Io(io) => io,
-            other => {
-                let kind = match kind_of(&other) {
-                    ErrorKind::Transient => io::ErrorKind::TimedOut,
-                    _ => io::ErrorKind::Other,
-                };
-                io::Error::new(kind, other.to_string())
-            }
-        })
+        self.0
+            .read(buf)
+            .map_err(|err| match ureq::Error::from(err) {
+                ureq::Error::Io(io) => io,
+                other => {
+                    let kind = match kind_of(&other) {
+                        ErrorKind::Transient => io::ErrorKind::TimedOut,
+                        _ => io::ErrorKind::Other,
+                    };
+                    io::Error::new(kind, other.to_string())
+                }
+            })
     }
 }
 
@@ -185,7 +197,10 @@ pub(crate) fn receive_download(
 pub(crate) fn percent_encode(value: &str, keep_slash: bool) -> String {
     let mut encoded = String::with_capacity(value.len());
     for &byte in value.as_bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') || (keep_slash && byte == b'/') {
+        if byte.is_ascii_alphanumeric()
+            || matches!(byte, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && byte == b'/')
+        {
             encoded.push(byte as char);
         } else {
             encoded.push_str(&format!("%{byte:02X}"));
@@ -242,11 +257,20 @@ mod tests {
     #[test]
     fn ureq_failures_are_classified() {
         let cases = [
-            (ureq::Error::Timeout(ureq::Timeout::RecvBody), ErrorKind::Transient),
+            (
+                ureq::Error::Timeout(ureq::Timeout::RecvBody),
+                ErrorKind::Transient,
+            ),
             (ureq::Error::ConnectionFailed, ErrorKind::Transient),
             (ureq::Error::HostNotFound, ErrorKind::Transient),
-            (ureq::Error::Io(io::ErrorKind::ConnectionReset.into()), ErrorKind::Transient),
-            (ureq::Error::Io(io::ErrorKind::ConnectionRefused.into()), ErrorKind::Transient),
+            (
+                ureq::Error::Io(io::ErrorKind::ConnectionReset.into()),
+                ErrorKind::Transient,
+            ),
+            (
+                ureq::Error::Io(io::ErrorKind::ConnectionRefused.into()),
+                ErrorKind::Transient,
+            ),
             (ureq::Error::BadUri("x".into()), ErrorKind::InvalidConfig),
             (ureq::Error::StatusCode(503), ErrorKind::Transient),
             (ureq::Error::StatusCode(403), ErrorKind::PermissionDenied),

@@ -11,7 +11,8 @@ incompressible bytes), then times, for each algorithm and thread count:
   - for zstd, the `zstd` CLI alone (`zstd -L -T<threads>` and `zstd -d`), the compression-only limit.
 It prints MB/s (of uncompressed data), peak RSS of each process, and ratios against the
 baselines measured in the same run. The best of --repeat runs counts, since the machine is shared.
-Needs tests/install-test-deps.sh to have run (rohmu venv, zstd CLI); builds myhoard in release.
+Needs tests/install-test-deps.sh to have run (rohmu venv, zstd CLI, GNU time); builds myhoard
+in release.
 """
 import argparse
 import json
@@ -27,6 +28,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOOLS = os.environ.get("MYHOARD_TEST_TOOLS", os.path.join(ROOT, ".test-tools"))
 PYTHON = os.path.join(TOOLS, "venv", "bin", "python")
 ROHMU_TOOL = os.path.join(ROOT, "tests", "tools", "rohmu_tool.py")
+GNU_TIME = "/usr/bin/time"
 PAGE = 16 * 1024
 WORDS = (
     "alpha beta gamma delta order customer invoice shipped pending paid refund warehouse "
@@ -71,17 +73,21 @@ def generate(path, size_mib):
             f.write(page)
 
 
-def run(argv, stdout=subprocess.DEVNULL):
-    """Runs a command; returns (seconds, peak RSS in MiB)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(argv)}\n{stderr}")
-    return elapsed, usage.ru_maxrss / 1024
+def run(argv):
+    """Runs a command under GNU time; returns (seconds, peak RSS in MiB).
+
+    GNU time measures the command alone: a child forked from this Python process would count
+    Python's own pages in its peak RSS until it execs.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.monotonic()
+        proc = subprocess.run([GNU_TIME, "-o", report.name, "-f", "%M"] + argv,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.monotonic() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed: {' '.join(argv)}\n{proc.stderr.decode(errors='replace')}")
+        peak_kib = int(report.read().split()[-1])
+    return elapsed, peak_kib / 1024
 
 
 def best(repeat, argv_fn):
@@ -97,7 +103,7 @@ def main():
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
-    for tool in (PYTHON, shutil.which("zstd")):
+    for tool in (PYTHON, shutil.which("zstd"), GNU_TIME):
         if not tool or not os.path.exists(tool):
             raise SystemExit("missing tools: run tests/install-test-deps.sh first")
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)

@@ -7,6 +7,9 @@
 //! Run with `cargo nextest run --test integration` (`.config/nextest.toml` bounds the concurrency
 //! of server-heavy tests and kills hung ones).
 
+mod binlog_truth;
+mod db_client;
+mod db_servers;
 mod harness;
 mod rohmu_compat;
 mod storage_cli;

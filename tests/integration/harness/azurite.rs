@@ -12,13 +12,14 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::{
-    ServerProcess, StorageServer, at_exit, free_port, lock, require_tool, take_shared, unique_bucket_name,
-    wait_for_port, wait_until,
+    ServerProcess, StorageServer, at_exit, free_port, lock, require_tool, take_shared,
+    unique_bucket_name, wait_for_port, wait_until,
 };
 
 /// Azurite's built-in development account and its documented key.
 pub const ACCOUNT: &str = "devstoreaccount1";
-pub const ACCOUNT_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const API_VERSION: &str = "2021-08-06";
 const READY_CONTAINER: &str = "harness-ready";
 
@@ -60,7 +61,8 @@ impl Azurite {
     fn launch(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let data = dir.join("data");
-        std::fs::create_dir_all(&data).map_err(|err| format!("creating the data directory: {err}"))?;
+        std::fs::create_dir_all(&data)
+            .map_err(|err| format!("creating the data directory: {err}"))?;
         let mut command = Command::new(&self.program);
         command
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
@@ -70,15 +72,23 @@ impl Azurite {
             // Telemetry would try to reach the internet; the API version check would reject
             // versions newer than this Azurite knows; loose mode ignores headers it does not
             // implement instead of failing the request.
-            .args(["--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"]);
+            .args([
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ]);
         let mut process = ServerProcess::spawn("azurite-blob", command, &dir.join("azurite.log"))
             .map_err(|err| format!("spawning {}: {err}", self.program.display()))?;
         let port = self.port;
         // Node takes a few seconds to load Azurite on a busy machine.
         let ready = wait_for_port(port, Duration::from_secs(60), &mut process).and_then(|()| {
-            wait_until("creating a container on Azurite", Duration::from_secs(30), &mut process, || {
-                create_container(port, READY_CONTAINER, true)
-            })
+            wait_until(
+                "creating a container on Azurite",
+                Duration::from_secs(30),
+                &mut process,
+                || create_container(port, READY_CONTAINER, true),
+            )
         });
         match ready {
             Ok(()) => {
@@ -90,7 +100,9 @@ impl Azurite {
     }
 
     fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|process| process.exit_status().is_none())
+        self.process
+            .as_mut()
+            .is_some_and(|process| process.exit_status().is_none())
     }
 }
 
@@ -104,7 +116,9 @@ fn create_container(port: u16, name: &str, exists_is_ok: bool) -> Result<(), Str
         "PUT\n{}x-ms-date:{date}\nx-ms-version:{API_VERSION}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container",
         "\n".repeat(11)
     );
-    let key_bytes = BASE64.decode(ACCOUNT_KEY).map_err(|err| format!("account key: {err}"))?;
+    let key_bytes = BASE64
+        .decode(ACCOUNT_KEY)
+        .map_err(|err| format!("account key: {err}"))?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, &key_bytes);
     let signature = BASE64.encode(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -113,7 +127,9 @@ fn create_container(port: u16, name: &str, exists_is_ok: bool) -> Result<(), Str
         .build()
         .into();
     let mut response = agent
-        .put(format!("http://127.0.0.1:{port}/{ACCOUNT}/{name}?restype=container"))
+        .put(format!(
+            "http://127.0.0.1:{port}/{ACCOUNT}/{name}?restype=container"
+        ))
         .header("x-ms-date", &date)
         .header("x-ms-version", API_VERSION)
         .header("Authorization", format!("SharedKey {ACCOUNT}:{signature}"))
@@ -131,7 +147,10 @@ fn create_container(port: u16, name: &str, exists_is_ok: bool) -> Result<(), Str
 
 /// An RFC 1123 date (`Sun, 06 Nov 1994 08:49:37 GMT`), as `x-ms-date` wants it.
 fn http_date(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let (hour, minute, second) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     // Days to a civil date, from Howard Hinnant's `civil_from_days`.
@@ -168,6 +187,27 @@ impl StorageServer for Azurite {
     fn create_bucket(&self, bucket: &str) {
         if let Err(error) = create_container(self.port, bucket, false) {
             panic!("{error}");
+        }
+    }
+
+    /// Azurite keeps its metadata in LokiJS databases that it saves every 5 s, so a container
+    /// created just before a SIGKILL is gone after the restart. Waits until the saved blob
+    /// database names the container.
+    fn wait_until_durable(&self, bucket: &str) {
+        let database = self
+            .dir
+            .path()
+            .join("data")
+            .join("__azurite_db_blob__.json");
+        let needle = format!("\"{bucket}\"");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&database).is_ok_and(|text| text.contains(&needle)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Azurite did not save container {bucket} to {} within 30 s",
+                database.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -215,7 +255,11 @@ mod tests {
             (1_735_689_599, "Tue, 31 Dec 2024 23:59:59 GMT"),
         ];
         for (secs, expected) in cases {
-            assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(secs)), expected, "{secs}");
+            assert_eq!(
+                http_date(UNIX_EPOCH + Duration::from_secs(secs)),
+                expected,
+                "{secs}"
+            );
         }
     }
 }

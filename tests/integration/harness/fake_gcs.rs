@@ -10,8 +10,8 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::{
-    ServerProcess, StorageServer, at_exit, free_port, lock, require_tool, take_shared, unique_bucket_name,
-    wait_for_port, wait_until,
+    ServerProcess, StorageServer, at_exit, free_port, lock, require_tool, take_shared,
+    unique_bucket_name, wait_for_port, wait_until,
 };
 
 const PROJECT: &str = "test";
@@ -49,7 +49,10 @@ impl FakeGcs {
                 Err(error) => failures.push(error),
             }
         }
-        panic!("fake-gcs-server did not start:\n{}", failures.join("\n---\n"));
+        panic!(
+            "fake-gcs-server did not start:\n{}",
+            failures.join("\n---\n")
+        );
     }
 
     fn launch(&mut self) -> Result<(), String> {
@@ -66,25 +69,34 @@ impl FakeGcs {
             .args(["-external-url", &url, "-public-host"])
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["-log-level", "warn"]);
-        let mut process = ServerProcess::spawn("fake-gcs-server", command, &dir.join("fake-gcs.log"))
-            .map_err(|err| format!("spawning {}: {err}", self.program.display()))?;
+        let mut process =
+            ServerProcess::spawn("fake-gcs-server", command, &dir.join("fake-gcs.log"))
+                .map_err(|err| format!("spawning {}: {err}", self.program.display()))?;
         let port = self.port;
         let ready = wait_for_port(port, Duration::from_secs(30), &mut process).and_then(|()| {
-            wait_until("creating a bucket on fake-gcs-server", Duration::from_secs(30), &mut process, || {
-                create_bucket(port, READY_BUCKET, true)
-            })
+            wait_until(
+                "creating a bucket on fake-gcs-server",
+                Duration::from_secs(30),
+                &mut process,
+                || create_bucket(port, READY_BUCKET, true),
+            )
         });
         match ready {
             Ok(()) => {
                 self.process = Some(process);
                 Ok(())
             }
-            Err(error) => Err(format!("{error}\nfake-gcs-server log:\n{}", process.log_tail())),
+            Err(error) => Err(format!(
+                "{error}\nfake-gcs-server log:\n{}",
+                process.log_tail()
+            )),
         }
     }
 
     fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|process| process.exit_status().is_none())
+        self.process
+            .as_mut()
+            .is_some_and(|process| process.exit_status().is_none())
     }
 }
 
@@ -97,7 +109,9 @@ fn create_bucket(port: u16, name: &str, exists_is_ok: bool) -> Result<(), String
         .build()
         .into();
     let mut response = agent
-        .post(format!("http://127.0.0.1:{port}/storage/v1/b?project={PROJECT}"))
+        .post(format!(
+            "http://127.0.0.1:{port}/storage/v1/b?project={PROJECT}"
+        ))
         .send_json(json!({ "name": name }))
         .map_err(|err| format!("creating bucket {name}: {err}"))?;
     match response.status().as_u16() {

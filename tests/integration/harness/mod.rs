@@ -12,7 +12,9 @@
 //! `tests/install-test-deps.sh`), then in `PATH`.
 
 pub mod azurite;
+pub mod db;
 pub mod fake_gcs;
+pub mod load;
 pub mod myhoard;
 pub mod seaweedfs;
 
@@ -101,7 +103,11 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`. Gives up early, with the
 /// server's log tail, when the process exits.
-pub fn wait_for_port(port: u16, timeout: Duration, process: &mut ServerProcess) -> Result<(), String> {
+pub fn wait_for_port(
+    port: u16,
+    timeout: Duration,
+    process: &mut ServerProcess,
+) -> Result<(), String> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + timeout;
     loop {
@@ -109,10 +115,16 @@ pub fn wait_for_port(port: u16, timeout: Duration, process: &mut ServerProcess) 
             return Ok(());
         }
         if let Some(status) = process.exit_status() {
-            return Err(format!("{} exited with {status} before listening on port {port}", process.name));
+            return Err(format!(
+                "{} exited with {status} before listening on port {port}",
+                process.name
+            ));
         }
         if Instant::now() >= deadline {
-            return Err(format!("{} did not listen on port {port} within {timeout:?}", process.name));
+            return Err(format!(
+                "{} did not listen on port {port} within {timeout:?}",
+                process.name
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -133,10 +145,15 @@ pub fn wait_until<T>(
             Err(error) => error,
         };
         if let Some(status) = process.exit_status() {
-            return Err(format!("{} exited with {status} while waiting for {what}: {error}", process.name));
+            return Err(format!(
+                "{} exited with {status} while waiting for {what}: {error}",
+                process.name
+            ));
         }
         if Instant::now() >= deadline {
-            return Err(format!("{what} did not succeed within {timeout:?}: {error}"));
+            return Err(format!(
+                "{what} did not succeed within {timeout:?}: {error}"
+            ));
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -288,7 +305,8 @@ pub fn at_exit(hook: fn()) {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         extern "C" fn run_hooks() {
-            let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(PoisonError::into_inner));
+            let hooks =
+                std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(PoisonError::into_inner));
             for hook in hooks {
                 hook();
             }
@@ -311,7 +329,13 @@ pub fn unique_bucket_name(hint: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut cleaned: String = hint
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     cleaned.truncate(50);
     let cleaned = cleaned.trim_matches('-');
@@ -340,6 +364,9 @@ pub trait StorageServer: Send {
     /// change fields (part sizes, credentials) before parsing it.
     fn config(&self, bucket: &str) -> serde_json::Value;
     fn create_bucket(&self, bucket: &str);
+    /// Returns once the bucket would survive a crash of the server. Most servers persist it
+    /// before answering; Azurite saves its metadata only every few seconds.
+    fn wait_until_durable(&self, _bucket: &str) {}
     /// Kills the server at once, like a crash.
     fn kill(&mut self);
     /// Starts it again on the same ports and data directory, and waits until it answers.

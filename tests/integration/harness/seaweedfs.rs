@@ -19,8 +19,8 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::{
-    ServerProcess, StorageServer, at_exit, free_ports, lock, require_tool, take_shared, unique_bucket_name,
-    wait_for_port, wait_until,
+    ServerProcess, StorageServer, at_exit, free_ports, lock, require_tool, take_shared,
+    unique_bucket_name, wait_for_port, wait_until,
 };
 
 pub const ACCESS_KEY: &str = "myhoard-test-access-key";
@@ -47,8 +47,20 @@ struct Ports {
 
 impl Ports {
     fn pick() -> Ports {
-        let [s3, s3_grpc, s3_debug, master, master_grpc, volume, volume_grpc, filer, filer_grpc, admin, admin_grpc, debug] =
-            free_ports::<12>();
+        let [
+            s3,
+            s3_grpc,
+            s3_debug,
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            admin,
+            admin_grpc,
+            debug,
+        ] = free_ports::<12>();
         Ports {
             s3,
             s3_grpc,
@@ -66,7 +78,13 @@ impl Ports {
     }
 
     fn grpc(&self) -> [u16; 5] {
-        [self.s3_grpc, self.master_grpc, self.volume_grpc, self.filer_grpc, self.admin_grpc]
+        [
+            self.s3_grpc,
+            self.master_grpc,
+            self.volume_grpc,
+            self.filer_grpc,
+            self.admin_grpc,
+        ]
     }
 }
 
@@ -85,6 +103,8 @@ impl SeaweedFs {
     /// `CI` is not set. Panics with the server's log when it does not come up.
     pub fn start() -> Option<SeaweedFs> {
         let weed = require_tool("weed")?;
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(remove_stale_sockets);
         let mut failures = Vec::new();
         // A port picked as free can be taken by another process before weed binds it; a fresh
         // set of ports fixes that.
@@ -107,10 +127,6 @@ impl SeaweedFs {
         panic!("SeaweedFS did not start:\n{}", failures.join("\n---\n"));
     }
 
-    pub fn s3_port(&self) -> u16 {
-        self.ports.s3
-    }
-
     fn launch(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let identities = json!({"identities": [{
@@ -119,11 +135,13 @@ impl SeaweedFs {
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]});
         let s3_config = dir.join("s3.json");
-        fs::write(&s3_config, identities.to_string()).map_err(|err| format!("writing s3.json: {err}"))?;
+        fs::write(&s3_config, identities.to_string())
+            .map_err(|err| format!("writing s3.json: {err}"))?;
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir).map_err(|err| format!("creating the log directory: {err}"))?;
         let data_dir = dir.join("data");
-        fs::create_dir_all(&data_dir).map_err(|err| format!("creating the data directory: {err}"))?;
+        fs::create_dir_all(&data_dir)
+            .map_err(|err| format!("creating the data directory: {err}"))?;
         self.remove_sockets();
 
         let p = self.ports;
@@ -144,19 +162,29 @@ impl SeaweedFs {
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-admin.port={}", p.admin))
             .arg(format!("-admin.port.grpc={}", p.admin_grpc))
-            .args(["-admin.ui=false", "-webdav=false", "-master.telemetry=false"])
+            .args([
+                "-admin.ui=false",
+                "-webdav=false",
+                "-master.telemetry=false",
+            ])
             .arg(format!("-debug.port={}", p.debug))
             .arg(format!("-s3.debug.port={}", p.s3_debug))
             .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
-            .arg(format!("-filer.localSocket={}", dir.join("filer.sock").display()))
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.join("filer.sock").display()
+            ))
             .arg(format!("-s3.config={}", s3_config.display()));
         let mut process = ServerProcess::spawn("weed mini", command, &dir.join("weed.log"))
             .map_err(|err| format!("spawning {}: {err}", self.weed.display()))?;
         let port = p.s3;
         let ready = wait_for_port(port, Duration::from_secs(30), &mut process).and_then(|()| {
-            wait_until("creating a bucket on SeaweedFS", Duration::from_secs(30), &mut process, || {
-                create_bucket(port, READY_BUCKET, true)
-            })
+            wait_until(
+                "creating a bucket on SeaweedFS",
+                Duration::from_secs(30),
+                &mut process,
+                || create_bucket(port, READY_BUCKET, true),
+            )
         });
         match ready {
             Ok(()) => {
@@ -177,11 +205,20 @@ impl SeaweedFs {
         let Ok(entries) = fs::read_dir("/tmp") else {
             return;
         };
-        let suffixes: Vec<String> = self.ports.grpc().iter().map(|port| format!("-grpc-{port}.sock")).collect();
+        let suffixes: Vec<String> = self
+            .ports
+            .grpc()
+            .iter()
+            .map(|port| format!("-grpc-{port}.sock"))
+            .collect();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("seaweedfs-") && suffixes.iter().any(|suffix| name.ends_with(suffix.as_str())) {
+            if name.starts_with("seaweedfs-")
+                && suffixes
+                    .iter()
+                    .any(|suffix| name.ends_with(suffix.as_str()))
+            {
                 // Another cleanup may have raced us to it; either way it is gone.
                 let _ = fs::remove_file(Path::new("/tmp").join(&*name));
             }
@@ -189,7 +226,31 @@ impl SeaweedFs {
     }
 
     fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|process| process.exit_status().is_none())
+        self.process
+            .as_mut()
+            .is_some_and(|process| process.exit_status().is_none())
+    }
+}
+
+/// Removes socket files in `/tmp` left by weed processes that died without cleanup (a test
+/// process killed by nextest takes its servers with it, but nothing removes their sockets). A
+/// socket nobody listens on refuses connections; live servers' sockets are left alone.
+fn remove_stale_sockets() {
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("seaweedfs-") && name.contains("-grpc-") && name.ends_with(".sock")) {
+            continue;
+        }
+        let path = entry.path();
+        if let Err(err) = std::os::unix::net::UnixStream::connect(&path)
+            && err.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            let _ = fs::remove_file(&path);
+        }
     }
 }
 
@@ -202,7 +263,8 @@ fn create_bucket(port: u16, name: &str, exists_is_ok: bool) -> Result<(), String
     };
     let credentials = Credentials::new(Some(ACCESS_KEY), Some(SECRET_KEY), None, None, None)
         .map_err(|err| format!("credentials: {err}"))?;
-    match Bucket::create_with_path_style(name, region, credentials, BucketConfiguration::default()) {
+    match Bucket::create_with_path_style(name, region, credentials, BucketConfiguration::default())
+    {
         Ok(response) if response.success() => Ok(()),
         Ok(response) => Err(format!(
             "creating bucket {name}: HTTP {}: {}",

@@ -1,0 +1,26 @@
+//! Binary logs: reading the GTIDs, transactions and boundaries out of MySQL and MariaDB binlog
+//! and relay-log files ourselves, as Python MyHoard's `read_gtids_from_log` does, without
+//! `mysqlbinlog` and without a server.
+//!
+//! [`BinlogReader`] streams one file: it checks the magic number and every event's CRC32,
+//! reads the format description (server version, checksum algorithm), and yields each
+//! [`Transaction`] with its GTID, start and end offsets and commit time; [`BinlogSummary`] holds
+//! the file's GTID set, the state before it (MySQL `Previous_gtids`, MariaDB `Gtid_list`), how
+//! it ended (Rotate, Stop, or still open) and any partial tail. Both flavours are handled, MySQL
+//! 8.3+ tagged GTIDs and anonymous transactions included.
+//!
+//! Runs on whichever thread calls it (the binlog watcher, an operator command). It only reads:
+//! it never writes, seeks or locks the file, so it is safe on the binlog the server is writing,
+//! whose last event may be incomplete ([`Tail::Tolerate`]). Errors are typed and name the file
+//! and the byte offset of the event at fault; no input makes it panic or loop.
+
+pub mod event;
+pub mod reader;
+#[cfg(test)]
+mod tests;
+
+pub use event::{Checksum, Flavor, FormatDescription};
+pub use reader::{
+    BinlogReader, BinlogSummary, DEFAULT_BUFFER_SIZE, Error, FileEnd, GtidState, ReadOptions, Tail,
+    Transaction, TransactionEnd, read_summary,
+};

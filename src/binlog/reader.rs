@@ -1,0 +1,1003 @@
+//! The streaming binlog reader: frames events, checks every checksum, and turns GTID events and
+//! the events that commit them into [`Transaction`]s and a per-file [`BinlogSummary`].
+//!
+//! Memory is bounded by the read buffer (1 MiB by default) plus, for an event larger than the
+//! buffer, the first bytes of it that decoding needs: the file is never loaded whole, and an
+//! event of any size streams through the checksum.
+//!
+//! Every event advances the offset by its length, which must be at least the 19-byte header, so
+//! a read always ends; every error names the file and the offset of the event at fault.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::event::{
+    self, CHECKSUM_LEN, Checksum, FLAG_ARTIFICIAL, Flavor, FormatDescription, GtidEventBody,
+    HEADER_LEN, Header, QueryKind,
+};
+use crate::gtid::{
+    Gtid, GtidEvent, GtidRange, GtidRangeBuilder, GtidSet, Interval, MariadbGtidState, Origin,
+};
+
+/// The read buffer size. Large reads keep the syscall count low; events up to this size are
+/// decoded in place without copying.
+pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
+
+/// The most of an event kept for decoding when it is larger than the read buffer. A QUERY_EVENT
+/// needs its post-header, up to 64 KiB of status variables and the database name before the
+/// statement starts; nothing else that is decoded comes near this.
+const LARGE_EVENT_PREFIX: usize = 128 << 10;
+
+/// Offset of the low byte of the header's flags.
+const FLAGS_OFFSET: usize = 17;
+
+/// The largest format description accepted.
+const MAX_FORMAT_DESCRIPTION: usize = 4096;
+
+/// The largest control event (format description, GTID set, rotate) decoded whole.
+const MAX_CONTROL_EVENT: usize = 64 << 20;
+
+/// Why a binlog could not be read. Every variant names the file and a byte offset: the event
+/// at fault, or where reading stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading binlog {file} at offset {offset}: {source}", file = file.display())]
+    Io {
+        file: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{file} is not a binlog: its first bytes are {found:02x?}, not fe 62 69 6e", file = file.display())]
+    BadMagic { file: PathBuf, found: Vec<u8> },
+    #[error("binlog {file} is encrypted (at offset {offset}); reading encrypted binlogs is not supported", file = file.display())]
+    Encrypted { file: PathBuf, offset: u64 },
+    #[error("binlog {file} is truncated at offset {offset}: {what}", file = file.display())]
+    Truncated {
+        file: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
+    #[error("binlog {file}, event at offset {offset}: length {length} is below the minimum {minimum}", file = file.display())]
+    EventLength {
+        file: PathBuf,
+        offset: u64,
+        length: u32,
+        minimum: u32,
+    },
+    #[error("binlog {file}, event at offset {offset}: checksum mismatch (stored {stored:08x}, computed {computed:08x})", file = file.display())]
+    Checksum {
+        file: PathBuf,
+        offset: u64,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("binlog {file}, event at offset {offset} (type {event_type}): {reason}", file = file.display())]
+    Malformed {
+        file: PathBuf,
+        offset: u64,
+        event_type: u8,
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// The file being read.
+    pub fn file(&self) -> &Path {
+        match self {
+            Error::Io { file, .. }
+            | Error::BadMagic { file, .. }
+            | Error::Encrypted { file, .. }
+            | Error::Truncated { file, .. }
+            | Error::EventLength { file, .. }
+            | Error::Checksum { file, .. }
+            | Error::Malformed { file, .. } => file,
+        }
+    }
+
+    /// The byte offset of the event at fault (0 for a bad magic number).
+    pub fn offset(&self) -> u64 {
+        match self {
+            Error::BadMagic { .. } => 0,
+            Error::Io { offset, .. }
+            | Error::Encrypted { offset, .. }
+            | Error::Truncated { offset, .. }
+            | Error::EventLength { offset, .. }
+            | Error::Checksum { offset, .. }
+            | Error::Malformed { offset, .. } => *offset,
+        }
+    }
+}
+
+/// What an incomplete last event means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The file may still be being written (the server's active binlog): stop at the last
+    /// complete event and report the rest in [`BinlogSummary::partial_tail_bytes`].
+    Tolerate,
+    /// The file is closed: an incomplete event is a [`Error::Truncated`] file.
+    Reject,
+}
+
+/// How to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    pub tail: Tail,
+    /// Read buffer size in bytes (at least 64).
+    pub buffer_size: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> ReadOptions {
+        ReadOptions {
+            tail: Tail::Tolerate,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+/// How a transaction's last event was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionEnd {
+    /// An XID_EVENT: an InnoDB (XA-capable engine) commit.
+    Xid,
+    /// A `COMMIT` or `ROLLBACK` query: a transaction with non-transactional changes.
+    Commit,
+    /// A statement that is the whole transaction: DDL, `XA COMMIT`, a MariaDB standalone event.
+    Statement,
+    /// An XA_PREPARE_LOG_EVENT: the first half of an XA transaction.
+    XaPrepare,
+    /// A TRANSACTION_PAYLOAD_EVENT: a MySQL compressed transaction.
+    Payload,
+    /// None of the above before the next GTID event, Rotate or Stop: the transaction is taken
+    /// to end where that event starts. Servers do not write this; it means an unusual file.
+    Boundary,
+}
+
+/// One transaction of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Its GTID; `None` for a MySQL anonymous transaction (`gtid_mode` OFF or OFF_PERMISSIVE).
+    pub gtid: Option<Gtid>,
+    /// Offset of its GTID event.
+    pub start: u64,
+    /// Offset just past the event that commits it: where the next transaction may start, and
+    /// what MariaDB's `UNTIL MASTER_LOG_POS` and MySQL's `SQL_AFTER_GTIDS` stop after.
+    pub end: u64,
+    /// Commit time in microseconds since the epoch: MySQL's `immediate_commit_timestamp` where
+    /// the GTID event has it, else the committing event's header timestamp (whole seconds).
+    pub commit_time_us: u64,
+    /// Header timestamp of the GTID event, in seconds: what MyHoard's `gtid_ranges` record.
+    pub gtid_event_timestamp: u32,
+    /// Header server id of the GTID event.
+    pub server_id: u32,
+    pub ended_by: TransactionEnd,
+}
+
+/// How the file ends, judged by its last complete event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEnd {
+    /// A ROTATE_EVENT: the server moved on to `next_file`.
+    Rotate { next_file: String, position: u64 },
+    /// A STOP_EVENT: the server shut down cleanly.
+    Stop,
+    /// Neither: a file still being written, or left by a crash.
+    Open,
+}
+
+/// The GTID state a file starts from: MySQL's `Previous_gtids` (every GTID logged in earlier
+/// files) or MariaDB's `Gtid_list` (the last GTID per domain and server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GtidState {
+    Mysql(GtidSet),
+    Mariadb(MariadbGtidState),
+}
+
+impl GtidState {
+    /// The state in the server's syntax: a MySQL GTID set, or a MariaDB `gtid_binlog_state`.
+    pub fn to_server_string(&self) -> String {
+        match self {
+            GtidState::Mysql(set) => set.to_string(),
+            GtidState::Mariadb(state) => state.to_string(),
+        }
+    }
+
+    /// The transactions the state implies (for MariaDB, `1..=last` of each domain and server).
+    pub fn to_gtid_set(&self) -> GtidSet {
+        match self {
+            GtidState::Mysql(set) => set.clone(),
+            GtidState::Mariadb(state) => state.to_gtid_set(),
+        }
+    }
+}
+
+/// Everything learnt from one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogSummary {
+    pub file: PathBuf,
+    /// Bytes read: through the last complete event, plus any partial tail.
+    pub size: u64,
+    pub server_version: String,
+    pub flavor: Flavor,
+    pub checksum: Checksum,
+    /// The state before the file, from its `Previous_gtids` or `Gtid_list` event.
+    pub previous_gtids: Option<GtidState>,
+    /// The GTIDs of the file's complete transactions.
+    pub gtids: GtidSet,
+    /// The same transactions as MyHoard's binlog metadata `gtid_ranges`, in file order.
+    pub gtid_ranges: Vec<GtidRange>,
+    /// Complete transactions, anonymous ones included.
+    pub n_transactions: u64,
+    /// Complete transactions without a GTID.
+    pub n_anonymous: u64,
+    /// Commit time of the file's first and last transactions (file order), microseconds.
+    pub first_commit_us: Option<u64>,
+    pub last_commit_us: Option<u64>,
+    pub end: FileEnd,
+    /// Bytes after the last complete event (only with [`Tail::Tolerate`]).
+    pub partial_tail_bytes: u64,
+    /// The format description's "in use" flag: the server had the file open when it was read,
+    /// or crashed before closing it.
+    pub in_use: bool,
+    /// Start offset of a transaction whose commit is not in the file (yet).
+    pub unfinished_transaction: Option<u64>,
+    /// For MariaDB: the binlog state after the file (the previous state updated with each
+    /// transaction in file order), which the next file's `Gtid_list` repeats.
+    mariadb_state_after: Option<MariadbGtidState>,
+}
+
+impl BinlogSummary {
+    /// Whether the file is finished: it ends with a Rotate or Stop event and nothing follows.
+    pub fn is_complete(&self) -> bool {
+        self.end != FileEnd::Open && self.partial_tail_bytes == 0
+    }
+
+    /// The state after the file: the previous state plus the file's transactions.
+    pub fn state_after(&self) -> GtidState {
+        match (&self.mariadb_state_after, &self.previous_gtids) {
+            (Some(state), _) => GtidState::Mariadb(state.clone()),
+            (None, Some(previous)) => GtidState::Mysql(previous.to_gtid_set().union(&self.gtids)),
+            (None, None) => GtidState::Mysql(self.gtids.clone()),
+        }
+    }
+}
+
+/// Reads a whole file and returns its summary.
+pub fn read_summary(path: &Path, options: ReadOptions) -> Result<BinlogSummary, Error> {
+    BinlogReader::open(path, options)?.finish()
+}
+
+/// Reads a binlog or relay log event by event; an iterator over its transactions. After the
+/// last transaction (or an error), [`BinlogReader::finish`] gives the file's summary.
+pub struct BinlogReader<R> {
+    input: Input<R>,
+    scan: Scan,
+    /// The start of a large event, copied out of the read buffer for decoding.
+    scratch: Vec<u8>,
+    tail: Tail,
+    done: bool,
+}
+
+impl BinlogReader<File> {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path, options: ReadOptions) -> Result<BinlogReader<File>, Error> {
+        let file = File::open(path).map_err(|source| Error::Io {
+            file: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+        BinlogReader::new(path, file, options)
+    }
+}
+
+impl<R: Read> BinlogReader<R> {
+    /// Starts reading `input`, the contents of `file` (used in errors and the summary): checks
+    /// the magic number and reads the format description event.
+    pub fn new(
+        file: impl Into<PathBuf>,
+        input: R,
+        options: ReadOptions,
+    ) -> Result<BinlogReader<R>, Error> {
+        let file = file.into();
+        let mut input = Input::new(input, options.buffer_size.max(64));
+        let io_error = |file: &Path, offset, source| Error::Io {
+            file: file.to_owned(),
+            offset,
+            source,
+        };
+        let available = input.fill(4).map_err(|e| io_error(&file, 0, e))?;
+        let magic = &input.window()[..available.min(4)];
+        if magic != b"\xfebin" {
+            if magic == b"\xfdbin" {
+                // MySQL's binlog_encryption: a file header with the key follows instead.
+                return Err(Error::Encrypted { file, offset: 0 });
+            }
+            if available < 4 {
+                return Err(Error::Truncated {
+                    file,
+                    offset: 0,
+                    what: "shorter than the 4-byte magic number",
+                });
+            }
+            return Err(Error::BadMagic {
+                found: magic.to_vec(),
+                file,
+            });
+        }
+        input.consume(4);
+
+        // The format description must come first: it says whether events carry checksums.
+        // Servers write it together with the magic number, so a short one is damage even in a
+        // file still being written.
+        let truncated = |file: PathBuf| Error::Truncated {
+            file,
+            offset: 4,
+            what: "the format description event is incomplete",
+        };
+        let available = input.fill(HEADER_LEN).map_err(|e| io_error(&file, 4, e))?;
+        let Some(header) = Header::decode(&input.window()[..available]) else {
+            return Err(truncated(file));
+        };
+        let malformed = |file, reason| Error::Malformed {
+            file,
+            offset: 4,
+            event_type: header.event_type,
+            reason,
+        };
+        if header.event_type != event::FORMAT_DESCRIPTION_EVENT {
+            return Err(malformed(
+                file,
+                "the first event is not a format description",
+            ));
+        }
+        let length = header.length as usize;
+        // A format description lists one post-header length per event type: a few hundred
+        // bytes at most.
+        if length > MAX_FORMAT_DESCRIPTION {
+            return Err(malformed(file, "format description event too large"));
+        }
+        // Copied out rather than decoded in place, so that it works with any buffer size.
+        let mut fde_bytes = Vec::with_capacity(length);
+        while fde_bytes.len() < length {
+            let available = input
+                .fill(length - fde_bytes.len())
+                .map_err(|e| io_error(&file, 4, e))?;
+            if available == 0 {
+                return Err(truncated(file));
+            }
+            let n = available.min(length - fde_bytes.len());
+            fde_bytes.extend_from_slice(&input.window()[..n]);
+            input.consume(n);
+        }
+        let fde = match FormatDescription::decode(&fde_bytes) {
+            Ok(fde) => fde,
+            Err(reason) => return Err(malformed(file, reason)),
+        };
+        if fde.checksum == Checksum::Crc32 {
+            verify_crc(&file, 4, &fde_bytes)?;
+        }
+        let mut scan = Scan::new(file, fde);
+        scan.valid_end = input.offset();
+        scan.in_use = header.flags & u16::from(event::FLAG_BINLOG_IN_USE) != 0;
+
+        Ok(BinlogReader {
+            input,
+            scan,
+            scratch: Vec::new(),
+            tail: options.tail,
+            done: false,
+        })
+    }
+
+    /// The server version, flavour and checksum algorithm, from the format description.
+    pub fn format(&self) -> &FormatDescription {
+        &self.scan.fde
+    }
+
+    /// The next complete transaction, or `None` at the end of the file. After an error the
+    /// reader is finished and returns `None`.
+    pub fn next_transaction(&mut self) -> Result<Option<Transaction>, Error> {
+        while !self.done {
+            match self.next_event() {
+                Ok(Some(Some(transaction))) => return Ok(Some(transaction)),
+                Ok(Some(None)) => {}
+                Ok(None) => self.done = true,
+                Err(error) => {
+                    self.done = true;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the rest of the file and returns its summary.
+    pub fn finish(mut self) -> Result<BinlogSummary, Error> {
+        while self.next_transaction()?.is_some() {}
+        Ok(self.scan.into_summary())
+    }
+
+    /// Reads and interprets one event. `Ok(None)` at the end of the file (including a partial
+    /// tail that is tolerated); `Ok(Some(t))` with the transaction the event completed, if any.
+    fn next_event(&mut self) -> Result<Option<Option<Transaction>>, Error> {
+        let offset = self.input.offset();
+        let available = self.fill(offset, HEADER_LEN)?;
+        if available == 0 {
+            return Ok(None);
+        }
+        let Some(header) = Header::decode(&self.input.window()[..available]) else {
+            return self.partial_tail(offset, available as u64);
+        };
+        let checksum_len = match self.scan.checksum {
+            Checksum::Crc32 => CHECKSUM_LEN,
+            Checksum::None => 0,
+        };
+        let minimum = (HEADER_LEN + checksum_len) as u32;
+        if header.length < minimum {
+            return Err(Error::EventLength {
+                file: self.scan.file.clone(),
+                offset,
+                length: header.length,
+                minimum,
+            });
+        }
+        let length = header.length as usize;
+
+        if length <= self.input.capacity() {
+            // The common case: the whole event fits in the buffer and is decoded in place.
+            let available = self.fill(offset, length)?;
+            if available < length {
+                return self.partial_tail(offset, available as u64);
+            }
+            let event = &self.input.window()[..length];
+            if checksum_len > 0 {
+                verify_crc(&self.scan.file, offset, event)?;
+            }
+            let body = &event[HEADER_LEN..length - checksum_len];
+            let completed = self.scan.on_event(offset, &header, body, false)?;
+            self.input.consume(length);
+            return Ok(Some(completed));
+        }
+
+        // An event larger than the buffer streams through the checksum; only the part of it
+        // that is decoded is kept.
+        let keep = match header.event_type {
+            event::QUERY_EVENT | event::MARIADB_QUERY_COMPRESSED_EVENT => LARGE_EVENT_PREFIX,
+            event_type if Scan::decodes(self.scan.fde.flavor, event_type) => {
+                if length > MAX_CONTROL_EVENT {
+                    return Err(self
+                        .scan
+                        .malformed(offset, &header, "event too large to decode"));
+                }
+                length
+            }
+            _ => 0,
+        };
+        let covered = length - checksum_len;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut stored = [0u8; CHECKSUM_LEN];
+        self.scratch.clear();
+        let mut done = 0;
+        while done < length {
+            let available = self.fill(offset + done as u64, 1)?;
+            if available == 0 {
+                return self.partial_tail(offset, done as u64);
+            }
+            let chunk = available.min(length - done);
+            let data = &self.input.window()[..chunk];
+            let hashed = chunk.min(covered.saturating_sub(done));
+            hasher.update(&data[..hashed]);
+            for (i, &byte) in data[hashed..].iter().enumerate() {
+                stored[done + hashed + i - covered] = byte;
+            }
+            let copy = chunk.min(keep.saturating_sub(self.scratch.len()));
+            self.scratch.extend_from_slice(&data[..copy]);
+            self.input.consume(chunk);
+            done += chunk;
+        }
+        if checksum_len > 0 {
+            let stored = u32::from_le_bytes(stored);
+            let computed = hasher.finalize();
+            if stored != computed {
+                return Err(Error::Checksum {
+                    file: self.scan.file.clone(),
+                    offset,
+                    stored,
+                    computed,
+                });
+            }
+        }
+        let truncated = keep < covered;
+        let body_end = self.scratch.len().min(covered);
+        let body = self.scratch.get(HEADER_LEN..body_end).unwrap_or(&[]);
+        let completed = self.scan.on_event(offset, &header, body, truncated)?;
+        Ok(Some(completed))
+    }
+
+    fn fill(&mut self, offset: u64, wanted: usize) -> Result<usize, Error> {
+        self.input.fill(wanted).map_err(|source| Error::Io {
+            file: self.scan.file.clone(),
+            offset,
+            source,
+        })
+    }
+
+    /// The file ends `bytes` into the event at `offset`.
+    fn partial_tail(
+        &mut self,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Option<Option<Transaction>>, Error> {
+        match self.tail {
+            Tail::Tolerate => {
+                self.scan.partial_tail_bytes = bytes;
+                Ok(None)
+            }
+            Tail::Reject => Err(Error::Truncated {
+                file: self.scan.file.clone(),
+                offset,
+                what: "the last event is incomplete",
+            }),
+        }
+    }
+}
+
+impl<R: Read> Iterator for BinlogReader<R> {
+    type Item = Result<Transaction, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_transaction().transpose()
+    }
+}
+
+/// Checks the CRC32 trailer of a whole event (at least header plus trailer long).
+fn verify_crc(file: &Path, offset: u64, event: &[u8]) -> Result<(), Error> {
+    let (covered, trailer) = event.split_at(event.len() - CHECKSUM_LEN);
+    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let computed = if covered.get(4) == Some(&event::FORMAT_DESCRIPTION_EVENT) {
+        // The server sets LOG_EVENT_BINLOG_IN_USE_F in the format description while the file
+        // is open and clears it on close, without recomputing the checksum: the checksum is of
+        // the event with the flag clear.
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&covered[..FLAGS_OFFSET]);
+        hasher.update(&[covered[FLAGS_OFFSET] & !event::FLAG_BINLOG_IN_USE]);
+        hasher.update(&covered[FLAGS_OFFSET + 1..]);
+        hasher.finalize()
+    } else {
+        crc32fast::hash(covered)
+    };
+    if stored != computed {
+        return Err(Error::Checksum {
+            file: file.to_owned(),
+            offset,
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// A transaction whose GTID event has been seen and whose commit has not.
+struct OpenTransaction {
+    gtid: Option<Gtid>,
+    start: u64,
+    gtid_event_timestamp: u32,
+    server_id: u32,
+    immediate_commit_us: Option<u64>,
+    /// A BEGIN was seen (or implied, for MariaDB), so statements do not end the transaction.
+    begun: bool,
+    /// Header timestamp of the latest event in the transaction.
+    last_timestamp: u32,
+}
+
+/// A run of consecutive sequence numbers of one origin, not yet added to the set: adding each
+/// transaction separately would cost a map lookup per transaction.
+struct Run {
+    origin: Origin,
+    start: u64,
+    end: u64,
+}
+
+/// The interpretation state: the current transaction and the summary so far.
+struct Scan {
+    file: PathBuf,
+    fde: FormatDescription,
+    checksum: Checksum,
+    open: Option<OpenTransaction>,
+    previous_gtids: Option<GtidState>,
+    gtids: GtidSet,
+    run: Option<Run>,
+    ranges: GtidRangeBuilder,
+    mariadb_state_after: Option<MariadbGtidState>,
+    n_transactions: u64,
+    n_anonymous: u64,
+    first_commit_us: Option<u64>,
+    last_commit_us: Option<u64>,
+    end: FileEnd,
+    /// Offset just past the last complete event.
+    valid_end: u64,
+    partial_tail_bytes: u64,
+    in_use: bool,
+}
+
+impl Scan {
+    fn new(file: PathBuf, fde: FormatDescription) -> Scan {
+        let mariadb_state_after = (fde.flavor == Flavor::Mariadb).then(MariadbGtidState::new);
+        Scan {
+            file,
+            checksum: fde.checksum,
+            fde,
+            open: None,
+            previous_gtids: None,
+            gtids: GtidSet::new(),
+            run: None,
+            ranges: GtidRangeBuilder::new(),
+            mariadb_state_after,
+            n_transactions: 0,
+            n_anonymous: 0,
+            first_commit_us: None,
+            last_commit_us: None,
+            end: FileEnd::Open,
+            valid_end: 0,
+            partial_tail_bytes: 0,
+            in_use: false,
+        }
+    }
+
+    /// Whether the reader decodes events of this type (as opposed to only framing them).
+    fn decodes(flavor: Flavor, event_type: u8) -> bool {
+        match event_type {
+            event::ROTATE_EVENT | event::FORMAT_DESCRIPTION_EVENT => true,
+            event::MYSQL_GTID_LOG_EVENT
+            | event::MYSQL_ANONYMOUS_GTID_LOG_EVENT
+            | event::MYSQL_GTID_TAGGED_LOG_EVENT
+            | event::MYSQL_PREVIOUS_GTIDS_LOG_EVENT => flavor == Flavor::Mysql,
+            event::MARIADB_GTID_EVENT | event::MARIADB_GTID_LIST_EVENT => flavor == Flavor::Mariadb,
+            _ => false,
+        }
+    }
+
+    fn malformed(&self, offset: u64, header: &Header, reason: &'static str) -> Error {
+        Error::Malformed {
+            file: self.file.clone(),
+            offset,
+            event_type: header.event_type,
+            reason,
+        }
+    }
+
+    /// Interprets one complete, checksum-verified event. `body` excludes the header and the
+    /// checksum; when `truncated`, it is only the start of the body.
+    fn on_event(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        body: &[u8],
+        truncated: bool,
+    ) -> Result<Option<Transaction>, Error> {
+        let end = offset + u64::from(header.length);
+        let flavor = self.fde.flavor;
+        let event_type = header.event_type;
+        let mut completed = None;
+        let mut file_end = FileEnd::Open;
+        let malformed = |file: &Path, reason| Error::Malformed {
+            file: file.to_owned(),
+            offset,
+            event_type,
+            reason,
+        };
+
+        match event_type {
+            event::MYSQL_GTID_LOG_EVENT
+            | event::MYSQL_ANONYMOUS_GTID_LOG_EVENT
+            | event::MYSQL_GTID_TAGGED_LOG_EVENT
+            | event::MARIADB_GTID_EVENT
+                if Scan::decodes(flavor, event_type) =>
+            {
+                let body = match event_type {
+                    event::MYSQL_GTID_LOG_EVENT => event::mysql_gtid(body, false),
+                    event::MYSQL_ANONYMOUS_GTID_LOG_EVENT => event::mysql_gtid(body, true),
+                    event::MYSQL_GTID_TAGGED_LOG_EVENT => event::mysql_tagged_gtid(body),
+                    _ => event::mariadb_gtid(body, header.server_id),
+                }
+                .map_err(|reason| malformed(&self.file, reason))?;
+                completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
+                self.open_transaction(offset, header, body)
+                    .map_err(|reason| malformed(&self.file, reason))?;
+            }
+            event::XID_EVENT => completed = self.close(end, header.timestamp, TransactionEnd::Xid),
+            event::XA_PREPARE_LOG_EVENT => {
+                completed = self.close(end, header.timestamp, TransactionEnd::XaPrepare);
+            }
+            event::MYSQL_TRANSACTION_PAYLOAD_EVENT if flavor == Flavor::Mysql => {
+                completed = self.close(end, header.timestamp, TransactionEnd::Payload);
+            }
+            event::QUERY_EVENT | event::MARIADB_QUERY_COMPRESSED_EVENT if self.open.is_some() => {
+                // A compressed statement cannot be read, but BEGIN and COMMIT are far too short
+                // to be compressed.
+                let kind = if event_type == event::QUERY_EVENT {
+                    event::query_kind(body, self.fde.query_post_header_len)
+                        .map_err(|reason| malformed(&self.file, reason))?
+                } else {
+                    QueryKind::Statement
+                };
+                let begun = self.open.as_ref().is_some_and(|open| open.begun);
+                match kind {
+                    QueryKind::Begin => {
+                        if let Some(open) = &mut self.open {
+                            open.begun = true;
+                        }
+                    }
+                    QueryKind::End => {
+                        completed = self.close(end, header.timestamp, TransactionEnd::Commit);
+                    }
+                    QueryKind::Statement if !begun => {
+                        completed = self.close(end, header.timestamp, TransactionEnd::Statement);
+                    }
+                    QueryKind::Statement => {}
+                }
+            }
+            event::MYSQL_PREVIOUS_GTIDS_LOG_EVENT if flavor == Flavor::Mysql => {
+                let set = event::mysql_previous_gtids(body)
+                    .map_err(|reason| malformed(&self.file, reason))?;
+                if self.previous_gtids.is_none() {
+                    self.previous_gtids = Some(GtidState::Mysql(set));
+                }
+            }
+            event::MARIADB_GTID_LIST_EVENT if flavor == Flavor::Mariadb => {
+                let state = event::mariadb_gtid_list(body)
+                    .map_err(|reason| malformed(&self.file, reason))?;
+                if self.previous_gtids.is_none() {
+                    self.mariadb_state_after = Some(state.clone());
+                    self.previous_gtids = Some(GtidState::Mariadb(state));
+                }
+            }
+            event::MARIADB_START_ENCRYPTION_EVENT if flavor == Flavor::Mariadb => {
+                return Err(Error::Encrypted {
+                    file: self.file.clone(),
+                    offset,
+                });
+            }
+            event::ROTATE_EVENT => {
+                let rotate = event::rotate(body).map_err(|reason| malformed(&self.file, reason))?;
+                // A relay log starts with a made-up Rotate naming the source's binlog; only a
+                // real one (the server's own) ends the file.
+                if header.flags & FLAG_ARTIFICIAL == 0 {
+                    completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
+                    file_end = FileEnd::Rotate {
+                        next_file: rotate.next_file,
+                        position: rotate.position,
+                    };
+                }
+            }
+            event::STOP_EVENT => {
+                completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
+                file_end = FileEnd::Stop;
+            }
+            event::FORMAT_DESCRIPTION_EVENT => {
+                // A relay log carries the source's format description after its own; the
+                // source's events follow with the source's checksum setting.
+                if truncated {
+                    return Err(malformed(&self.file, "format description too large"));
+                }
+                let mut whole = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+                whole.extend_from_slice(&[0; HEADER_LEN]);
+                whole.extend_from_slice(body);
+                if self.checksum == Checksum::Crc32 {
+                    whole.extend_from_slice(&[0; CHECKSUM_LEN]);
+                }
+                let fde = FormatDescription::decode(&whole)
+                    .map_err(|reason| malformed(&self.file, reason))?;
+                if fde.flavor == self.fde.flavor {
+                    self.checksum = fde.checksum;
+                }
+            }
+            _ => {}
+        }
+        self.end = file_end;
+        self.valid_end = end;
+        match &completed {
+            Some(transaction) => self.record(transaction),
+            // Kept for the commit time of a transaction that is only ended by the next
+            // transaction's GTID event (the time of its own last event).
+            None => {
+                if let Some(open) = &mut self.open {
+                    open.last_timestamp = header.timestamp;
+                }
+            }
+        }
+        Ok(completed)
+    }
+
+    fn open_transaction(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        body: GtidEventBody,
+    ) -> Result<(), event::Malformed> {
+        let gtid = match body.gtid {
+            Some((origin, sequence)) => {
+                Some(Gtid::new(origin, sequence).map_err(|_| "gtid sequence number 0")?)
+            }
+            None => None,
+        };
+        self.open = Some(OpenTransaction {
+            gtid,
+            start: offset,
+            gtid_event_timestamp: header.timestamp,
+            server_id: header.server_id,
+            immediate_commit_us: body.immediate_commit_us,
+            // MariaDB's GTID event stands for BEGIN unless the transaction is standalone.
+            begun: self.fde.flavor == Flavor::Mariadb && !body.standalone,
+            last_timestamp: header.timestamp,
+        });
+        Ok(())
+    }
+
+    /// Ends the open transaction, if any, at offset `end`.
+    fn close(&mut self, end: u64, timestamp: u32, ended_by: TransactionEnd) -> Option<Transaction> {
+        let open = self.open.take()?;
+        let commit_time_us = open.immediate_commit_us.unwrap_or_else(|| {
+            // A transaction ended by the next one's GTID event takes its own last event's
+            // time, not the next one's.
+            let seconds = if ended_by == TransactionEnd::Boundary {
+                open.last_timestamp
+            } else {
+                timestamp
+            };
+            u64::from(seconds) * 1_000_000
+        });
+        Some(Transaction {
+            gtid: open.gtid,
+            start: open.start,
+            end,
+            commit_time_us,
+            gtid_event_timestamp: open.gtid_event_timestamp,
+            server_id: open.server_id,
+            ended_by,
+        })
+    }
+
+    /// Adds a completed transaction to the summary.
+    fn record(&mut self, transaction: &Transaction) {
+        self.n_transactions += 1;
+        self.first_commit_us
+            .get_or_insert(transaction.commit_time_us);
+        self.last_commit_us = Some(transaction.commit_time_us);
+        let Some(gtid) = &transaction.gtid else {
+            self.n_anonymous += 1;
+            return;
+        };
+        let sequence = gtid.sequence();
+        if let Some(run) = &mut self.run
+            && run.origin == *gtid.origin()
+            && run.end.checked_add(1) == Some(sequence)
+        {
+            run.end = sequence;
+        } else {
+            self.flush_run();
+            self.run = Some(Run {
+                origin: gtid.origin().clone(),
+                start: sequence,
+                end: sequence,
+            });
+        }
+        self.ranges.push(GtidEvent {
+            timestamp: u64::from(transaction.gtid_event_timestamp),
+            server_id: transaction.server_id,
+            gtid: gtid.clone(),
+        });
+    }
+
+    fn flush_run(&mut self) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        if let Some(state) = &mut self.mariadb_state_after
+            && let Origin::Mariadb { domain, server } = run.origin
+        {
+            state.update(domain, server, run.end);
+        }
+        // A run holds sequence numbers of real GTIDs, so it is never empty or zero.
+        if let Ok(interval) = Interval::new(run.start, run.end) {
+            self.gtids.insert_interval(run.origin, interval);
+        }
+    }
+
+    fn into_summary(mut self) -> BinlogSummary {
+        self.flush_run();
+        BinlogSummary {
+            size: self.valid_end + self.partial_tail_bytes,
+            file: self.file,
+            server_version: self.fde.server_version,
+            flavor: self.fde.flavor,
+            checksum: self.fde.checksum,
+            previous_gtids: self.previous_gtids,
+            gtids: self.gtids,
+            gtid_ranges: self.ranges.finish(),
+            n_transactions: self.n_transactions,
+            n_anonymous: self.n_anonymous,
+            first_commit_us: self.first_commit_us,
+            last_commit_us: self.last_commit_us,
+            end: self.end,
+            partial_tail_bytes: self.partial_tail_bytes,
+            in_use: self.in_use,
+            unfinished_transaction: self.open.map(|open| open.start),
+            mariadb_state_after: self.mariadb_state_after,
+        }
+    }
+}
+
+/// A read buffer over the input, tracking the file offset of its first unconsumed byte.
+struct Input<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// File offset of `buf[start]`.
+    offset: u64,
+    eof: bool,
+}
+
+impl<R: Read> Input<R> {
+    fn new(inner: R, capacity: usize) -> Input<R> {
+        Input {
+            inner,
+            buf: vec![0; capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            offset: 0,
+            eof: false,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The buffered, unconsumed bytes.
+    fn window(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes at least `wanted` bytes (at most the capacity) available, reading as needed;
+    /// returns how many are, fewer only at the end of the input.
+    fn fill(&mut self, wanted: usize) -> io::Result<usize> {
+        let wanted = wanted.min(self.buf.len());
+        if self.end - self.start >= wanted || self.eof {
+            return Ok(self.end - self.start);
+        }
+        if self.start + wanted > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end - self.start < wanted {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.start)
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+        self.offset += n as u64;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
