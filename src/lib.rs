@@ -26,8 +26,10 @@
 //!
 //! Built so far: [`config`] (parse and validate `myhoard.json`), [`storage`] (local, S3, GCS and
 //! Azure backends behind one trait, with retries), [`pipeline`] (snappy, zstd, xz and rohmu's
-//! encryption format), and the operator commands in [`cli`]. The controller, HTTP API, database
-//! layer and restore follow in later work.
+//! encryption format), the database layer ([`db`]: the MariaDB/MySQL [`db::Flavor`] and a typed
+//! client; [`binlog`]: our own binlog parser; [`gtid`]: GTID set arithmetic for both flavours),
+//! and the operator commands in [`cli`]. The controller, HTTP API, snapshots and restore follow
+//! in later work, on top of these.
 //!
 //! # Invariants
 //!
@@ -40,6 +42,8 @@
 //! - Only transient storage failures are retried; permission and not-found errors never are.
 //! - Pure policy modules (config validation, retry backoff, GTID arithmetic, schedules,
 //!   retention) do no I/O and are tested with tables of cases.
+//! - Every difference between MariaDB and MySQL versions lives in [`db::Flavor`]; nothing else
+//!   branches on a server version.
 //! - Each error is logged once, where it is handled; lower layers return typed errors.
 
 pub mod binlog;

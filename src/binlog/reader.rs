@@ -22,7 +22,7 @@ use crate::gtid::{
 
 /// The read buffer size. Large reads keep the syscall count low; events up to this size are
 /// decoded in place without copying.
-pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
+pub const DEFAULT_BUFFER_SIZE: usize = 256 << 10;
 
 /// The most of an event kept for decoding when it is larger than the read buffer. A QUERY_EVENT
 /// needs its post-header, up to 64 KiB of status variables and the database name before the
@@ -275,6 +275,8 @@ pub struct BinlogReader<R> {
     scan: Scan,
     /// The start of a large event, copied out of the read buffer for decoding.
     scratch: Vec<u8>,
+    /// A fresh CRC32 state to clone for each event.
+    crc: crc32fast::Hasher,
     tail: Tail,
     done: bool,
 }
@@ -300,6 +302,7 @@ impl<R: Read> BinlogReader<R> {
         options: ReadOptions,
     ) -> Result<BinlogReader<R>, Error> {
         let file = file.into();
+        let crc = crc32fast::Hasher::new();
         let mut input = Input::new(input, options.buffer_size.max(64));
         let io_error = |file: &Path, offset, source| Error::Io {
             file: file.to_owned(),
@@ -375,7 +378,7 @@ impl<R: Read> BinlogReader<R> {
             Err(reason) => return Err(malformed(file, reason)),
         };
         if fde.checksum == Checksum::Crc32 {
-            verify_crc(&file, 4, &fde_bytes)?;
+            verify_crc(&crc, &file, 4, &fde_bytes)?;
         }
         let mut scan = Scan::new(file, fde);
         scan.valid_end = input.offset();
@@ -385,6 +388,7 @@ impl<R: Read> BinlogReader<R> {
             input,
             scan,
             scratch: Vec::new(),
+            crc,
             tail: options.tail,
             done: false,
         })
@@ -400,9 +404,12 @@ impl<R: Read> BinlogReader<R> {
     pub fn next_transaction(&mut self) -> Result<Option<Transaction>, Error> {
         while !self.done {
             match self.next_event() {
-                Ok(Some(Some(transaction))) => return Ok(Some(transaction)),
-                Ok(Some(None)) => {}
-                Ok(None) => self.done = true,
+                Ok(true) => {
+                    if let Some(transaction) = self.scan.completed.take() {
+                        return Ok(Some(transaction));
+                    }
+                }
+                Ok(false) => self.done = true,
                 Err(error) => {
                     self.done = true;
                     return Err(error);
@@ -418,13 +425,14 @@ impl<R: Read> BinlogReader<R> {
         Ok(self.scan.into_summary())
     }
 
-    /// Reads and interprets one event. `Ok(None)` at the end of the file (including a partial
-    /// tail that is tolerated); `Ok(Some(t))` with the transaction the event completed, if any.
-    fn next_event(&mut self) -> Result<Option<Option<Transaction>>, Error> {
+    /// Reads and interprets one event; a transaction it completes is left in
+    /// `self.scan.completed`. `Ok(false)` at the end of the file (including a partial tail that
+    /// is tolerated).
+    fn next_event(&mut self) -> Result<bool, Error> {
         let offset = self.input.offset();
         let available = self.fill(offset, HEADER_LEN)?;
         if available == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         let Some(header) = Header::decode(&self.input.window()[..available]) else {
             return self.partial_tail(offset, available as u64);
@@ -452,12 +460,12 @@ impl<R: Read> BinlogReader<R> {
             }
             let event = &self.input.window()[..length];
             if checksum_len > 0 {
-                verify_crc(&self.scan.file, offset, event)?;
+                verify_crc(&self.crc, &self.scan.file, offset, event)?;
             }
             let body = &event[HEADER_LEN..length - checksum_len];
-            let completed = self.scan.on_event(offset, &header, body, false)?;
+            self.scan.on_event(offset, &header, body, false)?;
             self.input.consume(length);
-            return Ok(Some(completed));
+            return Ok(true);
         }
 
         // An event larger than the buffer streams through the checksum; only the part of it
@@ -475,7 +483,7 @@ impl<R: Read> BinlogReader<R> {
             _ => 0,
         };
         let covered = length - checksum_len;
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = self.crc.clone();
         let mut stored = [0u8; CHECKSUM_LEN];
         self.scratch.clear();
         let mut done = 0;
@@ -511,8 +519,8 @@ impl<R: Read> BinlogReader<R> {
         let truncated = keep < covered;
         let body_end = self.scratch.len().min(covered);
         let body = self.scratch.get(HEADER_LEN..body_end).unwrap_or(&[]);
-        let completed = self.scan.on_event(offset, &header, body, truncated)?;
-        Ok(Some(completed))
+        self.scan.on_event(offset, &header, body, truncated)?;
+        Ok(true)
     }
 
     fn fill(&mut self, offset: u64, wanted: usize) -> Result<usize, Error> {
@@ -524,15 +532,11 @@ impl<R: Read> BinlogReader<R> {
     }
 
     /// The file ends `bytes` into the event at `offset`.
-    fn partial_tail(
-        &mut self,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<Option<Option<Transaction>>, Error> {
+    fn partial_tail(&mut self, offset: u64, bytes: u64) -> Result<bool, Error> {
         match self.tail {
             Tail::Tolerate => {
                 self.scan.partial_tail_bytes = bytes;
-                Ok(None)
+                Ok(false)
             }
             Tail::Reject => Err(Error::Truncated {
                 file: self.scan.file.clone(),
@@ -551,21 +555,29 @@ impl<R: Read> Iterator for BinlogReader<R> {
     }
 }
 
-/// Checks the CRC32 trailer of a whole event (at least header plus trailer long).
-fn verify_crc(file: &Path, offset: u64, event: &[u8]) -> Result<(), Error> {
+/// Checks the CRC32 trailer of a whole event (at least header plus trailer long). `crc` is a
+/// fresh hasher, cloned rather than made per event: making one detects the CPU's features.
+fn verify_crc(
+    crc: &crc32fast::Hasher,
+    file: &Path,
+    offset: u64,
+    event: &[u8],
+) -> Result<(), Error> {
     let (covered, trailer) = event.split_at(event.len() - CHECKSUM_LEN);
     let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let computed = if covered.get(4) == Some(&event::FORMAT_DESCRIPTION_EVENT) {
         // The server sets LOG_EVENT_BINLOG_IN_USE_F in the format description while the file
         // is open and clears it on close, without recomputing the checksum: the checksum is of
         // the event with the flag clear.
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = crc.clone();
         hasher.update(&covered[..FLAGS_OFFSET]);
         hasher.update(&[covered[FLAGS_OFFSET] & !event::FLAG_BINLOG_IN_USE]);
         hasher.update(&covered[FLAGS_OFFSET + 1..]);
         hasher.finalize()
     } else {
-        crc32fast::hash(covered)
+        let mut hasher = crc.clone();
+        hasher.update(covered);
+        hasher.finalize()
     };
     if stored != computed {
         return Err(Error::Checksum {
@@ -605,6 +617,8 @@ struct Scan {
     fde: FormatDescription,
     checksum: Checksum,
     open: Option<OpenTransaction>,
+    /// The transaction the last event completed, until the reader hands it out.
+    completed: Option<Transaction>,
     previous_gtids: Option<GtidState>,
     gtids: GtidSet,
     run: Option<Run>,
@@ -629,6 +643,7 @@ impl Scan {
             checksum: fde.checksum,
             fde,
             open: None,
+            completed: None,
             previous_gtids: None,
             gtids: GtidSet::new(),
             run: None,
@@ -675,7 +690,7 @@ impl Scan {
         header: &Header,
         body: &[u8],
         truncated: bool,
-    ) -> Result<Option<Transaction>, Error> {
+    ) -> Result<(), Error> {
         let end = offset + u64::from(header.length);
         let flavor = self.fde.flavor;
         let event_type = header.event_type;
@@ -797,8 +812,11 @@ impl Scan {
         }
         self.end = file_end;
         self.valid_end = end;
-        match &completed {
-            Some(transaction) => self.record(transaction),
+        match completed {
+            Some(transaction) => {
+                self.record(&transaction);
+                self.completed = Some(transaction);
+            }
             // Kept for the commit time of a transaction that is only ended by the next
             // transaction's GTID event (the time of its own last event).
             None => {
@@ -807,7 +825,7 @@ impl Scan {
                 }
             }
         }
-        Ok(completed)
+        Ok(())
     }
 
     fn open_transaction(

@@ -77,7 +77,8 @@ impl Default for CompressionSettings {
 
 /// Compresses what is written to it into `W`.
 pub enum CompressWriter<W: Write> {
-    Snappy(snap::write::FrameEncoder<W>),
+    // Boxed: the encoder's hash table makes it far larger than the other variants.
+    Snappy(Box<snap::write::FrameEncoder<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Lzma(xz2::write::XzEncoder<W>),
     None(W),
@@ -86,7 +87,9 @@ pub enum CompressWriter<W: Write> {
 impl<W: Write> CompressWriter<W> {
     pub fn new(inner: W, settings: &CompressionSettings) -> io::Result<CompressWriter<W>> {
         Ok(match settings.algorithm {
-            Algorithm::Snappy => CompressWriter::Snappy(snap::write::FrameEncoder::new(inner)),
+            Algorithm::Snappy => {
+                CompressWriter::Snappy(Box::new(snap::write::FrameEncoder::new(inner)))
+            }
             Algorithm::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, settings.level)?;
                 if settings.threads > 0 {

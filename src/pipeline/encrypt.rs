@@ -231,7 +231,8 @@ impl<R: Read> Read for EncryptReader<R> {
 enum DecryptState {
     /// Collecting magic, length and wrapped key.
     Header(Vec<u8>),
-    Body(KeyMaterial),
+    // Boxed: the cipher and MAC state dwarf the header buffer.
+    Body(Box<KeyMaterial>),
 }
 
 /// Decrypts what is written to it into `inner`; `finish()` checks the MAC.
@@ -294,7 +295,7 @@ impl<W: Write> DecryptWriter<W> {
             .oaep_decrypt::<Sha1>(&header[PREAMBLE_LEN..])
             .map_err(|_| Error::WrongKey)?;
         debug_assert!(header.len() - before == take);
-        self.state = DecryptState::Body(KeyMaterial::from_bytes(&secrets)?);
+        self.state = DecryptState::Body(Box::new(KeyMaterial::from_bytes(&secrets)?));
         Ok(take)
     }
 
@@ -353,10 +354,9 @@ impl<W: Write> Write for DecryptWriter<W> {
             return Err(fatal.clone().into());
         }
         self.total += data.len() as u64;
-        let consumed = self.take_header(data).map_err(|err| {
-            self.fatal = Some(err.clone());
-            err
-        })?;
+        let consumed = self
+            .take_header(data)
+            .inspect_err(|err| self.fatal = Some(err.clone()))?;
         let body = &data[consumed..];
         if body.is_empty() {
             return Ok(data.len());

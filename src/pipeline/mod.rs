@@ -272,7 +272,7 @@ mod tests {
     }
 
     fn data() -> Vec<u8> {
-        (0..3_000_000u32).map(|i| (i % 253 ^ (i >> 9)) as u8).collect()
+        (0..3_000_000u32).map(|i| ((i % 253) ^ (i >> 9)) as u8).collect()
     }
 
     #[test]

@@ -278,6 +278,7 @@ fn parse_listing(xml: &[u8]) -> Result<BlobPage, String> {
     let mut blob = ListedBlob::default();
     let mut page = BlobPage::default();
     let mut buffer = Vec::new();
+    let mut seen_root = false;
     loop {
         let event = reader.read_event_into(&mut buffer).map_err(|err| {
             format!(
@@ -287,7 +288,9 @@ fn parse_listing(xml: &[u8]) -> Result<BlobPage, String> {
         })?;
         match event {
             Event::Start(start) => {
-                path.push(String::from_utf8_lossy(start.local_name().as_ref()).into_owned());
+                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+                seen_root |= path.is_empty() && name == "EnumerationResults";
+                path.push(name);
                 text.clear();
             }
             Event::Text(content) => {
@@ -337,6 +340,10 @@ fn parse_listing(xml: &[u8]) -> Result<BlobPage, String> {
             _ => {}
         }
         buffer.clear();
+    }
+    // A page cut short would silently drop objects from the listing.
+    if !path.is_empty() || !seen_root {
+        return Err("listing XML ends early or is not an EnumerationResults".into());
     }
     Ok(page)
 }
@@ -716,6 +723,8 @@ impl ObjectStorage for AzureStorage {
         }
         listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
         listing.prefixes.sort();
+        // A prefix spanning a page boundary is reported on each page.
+        listing.prefixes.dedup();
         Ok(listing)
     }
 
@@ -884,6 +893,97 @@ mod tests {
             block_list_xml(2),
             r#"<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>MDAwMDAx</Latest><Latest>MDAwMDAy</Latest></BlockList>"#
         );
+    }
+
+    /// Two List Blobs pages recorded from Azurite 3.37.0 (`maxresults=2`, `include=metadata`,
+    /// `delimiter=/`): escaped names and metadata, a continuation marker, then a prefix.
+    const RECORDED_PAGE_1: &str = r##"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><EnumerationResults ServiceEndpoint="http://127.0.0.1:34607/devstoreaccount1" ContainerName="backups"><Prefix>pfx/site/</Prefix><Marker/><MaxResults>2</MaxResults><Delimiter>/</Delimiter><Blobs><Blob><Name>pfx/site/a</Name><Properties><Creation-Time>Wed, 25 Nov 2026 23:11:48 GMT</Creation-Time><Last-Modified>Wed, 25 Nov 2026 23:11:48 GMT</Last-Modified><Etag>0x257CCC3296D1040</Etag><Content-Length>5</Content-Length><Content-Type>application/octet-stream</Content-Type><Content-MD5>XUFAKrxLKna5cZ2REBfFkg==</Content-MD5><BlobType>BlockBlob</BlobType><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><AccessTierChangeTime>Wed, 25 Nov 2026 23:11:48 GMT</AccessTierChangeTime></Properties><Metadata><json>{"a": 1, "b": "&lt;&amp;&gt;"}</json></Metadata></Blob><Blob><Name>pfx/site/b &amp; c</Name><Properties><Creation-Time>Wed, 25 Nov 2026 23:11:48 GMT</Creation-Time><Last-Modified>Wed, 25 Nov 2026 23:11:48 GMT</Last-Modified><Etag>0x25C74F2FC96FD20</Etag><Content-Length>0</Content-Length><Content-Type>application/octet-stream</Content-Type><Content-MD5>1B2M2Y8AsgTpgAmY7PhCfg==</Content-MD5><BlobType>BlockBlob</BlobType><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><AccessTierChangeTime>Wed, 25 Nov 2026 23:11:48 GMT</AccessTierChangeTime></Properties></Blob></Blobs><NextMarker>pfx/site/b &amp; c</NextMarker></EnumerationResults>"##;
+    const RECORDED_PAGE_2: &str = r##"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><EnumerationResults ServiceEndpoint="http://127.0.0.1:34607/devstoreaccount1" ContainerName="backups"><Prefix>pfx/site/</Prefix><Marker>pfx/site/b &amp; c</Marker><MaxResults>2</MaxResults><Delimiter>/</Delimiter><Blobs><BlobPrefix><Name>pfx/site/sub/</Name></BlobPrefix></Blobs><NextMarker/></EnumerationResults>"##;
+
+    #[test]
+    fn listing_xml_from_azurite() {
+        let page = parse_listing(RECORDED_PAGE_1.as_bytes()).expect("page 1");
+        let mut metadata = Metadata::new();
+        metadata.insert("json".into(), r#"{"a": 1, "b": "<&>"}"#.into());
+        assert_eq!(
+            page,
+            BlobPage {
+                blobs: vec![
+                    ListedBlob {
+                        name: "pfx/site/a".into(),
+                        size: 5,
+                        metadata,
+                    },
+                    ListedBlob {
+                        name: "pfx/site/b & c".into(),
+                        size: 0,
+                        metadata: Metadata::new(),
+                    },
+                ],
+                prefixes: Vec::new(),
+                next_marker: Some("pfx/site/b & c".into()),
+            }
+        );
+        let page = parse_listing(RECORDED_PAGE_2.as_bytes()).expect("page 2");
+        assert_eq!(
+            page,
+            BlobPage {
+                blobs: Vec::new(),
+                prefixes: vec!["pfx/site/sub/".into()],
+                next_marker: None,
+            }
+        );
+    }
+
+    /// The documented layout, pretty-printed, with empty elements, a character reference and
+    /// CDATA; the `Name` of the container-level `Prefix` must not be mistaken for a blob's.
+    #[test]
+    fn listing_xml_documented_shape() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="https://acct.blob.core.windows.net/" ContainerName="c">
+  <Prefix>p/</Prefix>
+  <Delimiter>/</Delimiter>
+  <Blobs>
+    <Blob>
+      <Name>p/x&#x20;y</Name>
+      <Properties><Content-Length>1048576</Content-Length><BlobType>BlockBlob</BlobType></Properties>
+      <Metadata />
+    </Blob>
+    <BlobPrefix><Name>p/d/</Name></BlobPrefix>
+    <Blob>
+      <Name><![CDATA[p/z]]></Name>
+      <Properties><Content-Length>3</Content-Length></Properties>
+      <Metadata><json>{}</json><Other>v</Other></Metadata>
+    </Blob>
+  </Blobs>
+  <NextMarker>2!72!token</NextMarker>
+</EnumerationResults>"#;
+        let page = parse_listing(xml.as_bytes()).expect("parse");
+        assert_eq!(page.blobs.len(), 2);
+        assert_eq!(
+            (page.blobs[0].name.as_str(), page.blobs[0].size),
+            ("p/x y", 1 << 20)
+        );
+        assert!(page.blobs[0].metadata.is_empty());
+        assert_eq!(
+            (page.blobs[1].name.as_str(), page.blobs[1].size),
+            ("p/z", 3)
+        );
+        assert_eq!(
+            page.blobs[1].metadata.get("json").map(String::as_str),
+            Some("{}")
+        );
+        assert_eq!(
+            page.blobs[1].metadata.get("Other").map(String::as_str),
+            Some("v")
+        );
+        assert_eq!(page.prefixes, ["p/d/"]);
+        assert_eq!(page.next_marker.as_deref(), Some("2!72!token"));
+        assert!(parse_listing(b"<EnumerationResults><Blobs><Blob><Name>x</Blob>").is_err());
+        assert!(parse_listing(b"<EnumerationResults><Blobs><Blob><Name>x</Name>").is_err());
+        assert!(parse_listing(b"<Error><Code>X</Code></Error>").is_err());
+        let bad_size = b"<EnumerationResults><Blobs><Blob><Name>x</Name><Properties><Content-Length>big</Content-Length></Properties></Blob></Blobs></EnumerationResults>";
+        assert!(parse_listing(bad_size).is_err());
     }
 
     fn config() -> AzureConfig {

@@ -944,6 +944,8 @@ impl ObjectStorage for GcsStorage {
         }
         listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
         listing.prefixes.sort();
+        // A prefix spanning a page boundary is reported on each page.
+        listing.prefixes.dedup();
         Ok(listing)
     }
 

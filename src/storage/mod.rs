@@ -99,7 +99,8 @@ impl Error {
     pub fn from_io(operation: &'static str, key: &str, err: &std::io::Error) -> Error {
         use std::io::ErrorKind as Io;
         let kind = match err.kind() {
-            Io::NotFound => ErrorKind::NotFound,
+            // A key below an existing object (`a/b/c` where `a/b` is a file) does not exist either.
+            Io::NotFound | Io::NotADirectory => ErrorKind::NotFound,
             Io::PermissionDenied => ErrorKind::PermissionDenied,
             Io::TimedOut
             | Io::ConnectionReset

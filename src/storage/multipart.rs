@@ -208,7 +208,7 @@ mod tests {
             failures_left: RefCell::new(2),
             ..Recorder::default()
         };
-        let data = vec![1u8; 10];
+        let data = [1u8; 10];
         upload(&sink, "k", &mut &data[..], 4, &quick_retry()).expect("upload");
         assert_eq!(sink.calls.borrow().last().map(String::as_str), Some("complete 10"));
     }
@@ -220,7 +220,7 @@ mod tests {
             failure_kind: Some(ErrorKind::PermissionDenied),
             ..Recorder::default()
         };
-        let data = vec![1u8; 10];
+        let data = [1u8; 10];
         let err = upload(&sink, "k", &mut &data[..], 4, &quick_retry()).expect_err("must fail");
         assert_eq!(err.kind, ErrorKind::PermissionDenied);
         assert_eq!(*sink.calls.borrow(), ["begin", "abort"]);
