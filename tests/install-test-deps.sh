@@ -53,10 +53,14 @@ apt_install() {
 missing=()
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The tests generate RSA key pairs with the openssl CLI; the benchmark measures peak RSS with
+# GNU time.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    say "zstd and curl already installed"
+    say "zstd, curl, openssl and time already installed"
 fi
 
 command -v "$python" >/dev/null 2>&1 || die "$python not found (set PYTHON to a Python 3.11 interpreter)"

@@ -331,7 +331,10 @@ fn storage_rm(mut parser: lexopt::Parser) -> Result<()> {
 }
 
 fn binlog_inspect(mut parser: lexopt::Parser) -> Result<()> {
-    let mut options = binlog::InspectOptions { transactions: false, strict: false };
+    let mut options = binlog::InspectOptions {
+        transactions: false,
+        strict: false,
+    };
     let mut files = Vec::new();
     while let Some(opt) = Opt::next(&mut parser)? {
         match opt {

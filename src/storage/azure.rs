@@ -437,20 +437,21 @@ impl AzureStorage {
         format!("{}/{}", self.path_root, self.container)
     }
 
-    /// Signs and sends one request. `path` is the encoded URL path, `query` holds decoded values,
-    /// `headers` lower-case names. The signed headers are exactly the ones sent: Content-Length is
-    /// set here rather than left to ureq, so the two cannot disagree.
-    #[allow(clippy::too_many_arguments)]
+    /// Signs and sends one request. The signed headers are exactly the ones sent: Content-Length
+    /// is set here rather than left to ureq, so the two cannot disagree.
     fn send(
         &self,
         operation: &'static str,
         key: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        mut headers: Vec<(String, String)>,
-        body: Option<&[u8]>,
+        request: BlobRequest<'_>,
     ) -> Result<Response> {
+        let BlobRequest {
+            method,
+            path,
+            query,
+            mut headers,
+            body,
+        } = request;
         headers.push(("x-ms-date".into(), http_date(SystemTime::now())));
         headers.push(("x-ms-version".into(), API_VERSION.into()));
         if let Some(body) = body {
@@ -487,24 +488,58 @@ impl AzureStorage {
         sent.map_err(|err| request_error(operation, key, err))
     }
 
-    /// Like `send`, but anything but `expected` is an error.
-    #[allow(clippy::too_many_arguments)]
+    /// Like `send`, but any status other than `expected` is an error.
     fn expect(
         &self,
         expected: u16,
         operation: &'static str,
         key: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        headers: Vec<(String, String)>,
-        body: Option<&[u8]>,
+        request: BlobRequest<'_>,
     ) -> Result<Response> {
-        let response = self.send(operation, key, method, path, query, headers, body)?;
+        let response = self.send(operation, key, request)?;
         if response.status().as_u16() == expected {
             Ok(response)
         } else {
             Err(status_error(operation, key, response))
+        }
+    }
+}
+
+/// One REST call, before it is signed.
+struct BlobRequest<'a> {
+    method: Method,
+    /// The percent-encoded URL path.
+    path: &'a str,
+    /// Query parameters, values not encoded (the signature wants them decoded).
+    query: &'a [(&'a str, String)],
+    /// Headers, names in lower case.
+    headers: Vec<(String, String)>,
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> BlobRequest<'a> {
+    fn new(method: Method, path: &'a str) -> BlobRequest<'a> {
+        BlobRequest {
+            method,
+            path,
+            query: &[],
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn query(self, query: &'a [(&'a str, String)]) -> BlobRequest<'a> {
+        BlobRequest { query, ..self }
+    }
+
+    fn headers(self, headers: Vec<(String, String)>) -> BlobRequest<'a> {
+        BlobRequest { headers, ..self }
+    }
+
+    fn body(self, body: &'a [u8]) -> BlobRequest<'a> {
+        BlobRequest {
+            body: Some(body),
+            ..self
         }
     }
 }
@@ -540,16 +575,10 @@ impl PartSink for AzureUpload<'_> {
         let mut headers = self.metadata_headers();
         headers.push(("x-ms-blob-type".into(), "BlockBlob".into()));
         headers.push(("content-type".into(), CONTENT_TYPE.into()));
-        let response = self.storage.expect(
-            201,
-            "upload",
-            self.key,
-            Method::PUT,
-            &self.path,
-            &[],
-            headers,
-            Some(data),
-        )?;
+        let request = BlobRequest::new(Method::PUT, &self.path)
+            .headers(headers)
+            .body(data);
+        let response = self.storage.expect(201, "upload", self.key, request)?;
         drain(response);
         Ok(())
     }
@@ -576,16 +605,10 @@ impl PartSink for AzureUpload<'_> {
             ));
         }
         let query = [("comp", "block".to_owned()), ("blockid", block_id(number))];
-        let response = self.storage.expect(
-            201,
-            "upload part",
-            self.key,
-            Method::PUT,
-            &self.path,
-            &query,
-            Vec::new(),
-            Some(data),
-        )?;
+        let request = BlobRequest::new(Method::PUT, &self.path)
+            .query(&query)
+            .body(data);
+        let response = self.storage.expect(201, "upload part", self.key, request)?;
         drain(response);
         *staged = number;
         Ok(())
@@ -597,16 +620,13 @@ impl PartSink for AzureUpload<'_> {
         headers.push(("x-ms-blob-content-type".into(), CONTENT_TYPE.into()));
         let body = block_list_xml(*staged);
         let query = [("comp", "blocklist".to_owned())];
-        let response = self.storage.expect(
-            201,
-            "complete upload",
-            self.key,
-            Method::PUT,
-            &self.path,
-            &query,
-            headers,
-            Some(body.as_bytes()),
-        )?;
+        let request = BlobRequest::new(Method::PUT, &self.path)
+            .query(&query)
+            .headers(headers)
+            .body(body.as_bytes());
+        let response = self
+            .storage
+            .expect(201, "complete upload", self.key, request)?;
         drain(response);
         Ok(())
     }
@@ -648,13 +668,14 @@ impl ObjectStorage for AzureStorage {
             .into_iter()
             .collect();
         let path = self.blob_path(&self.prefix.full(key));
-        let response = self.send("download", key, Method::GET, &path, &[], headers, None)?;
+        let request = BlobRequest::new(Method::GET, &path).headers(headers);
+        let response = self.send("download", key, request)?;
         http::receive_download("download", key, response, start, end, out)
     }
 
     fn head(&self, key: &str) -> Result<ObjectInfo> {
         let path = self.blob_path(&self.prefix.full(key));
-        let response = self.expect(200, "head", key, Method::HEAD, &path, &[], Vec::new(), None)?;
+        let response = self.expect(200, "head", key, BlobRequest::new(Method::HEAD, &path))?;
         let size = response
             .headers()
             .get("content-length")
@@ -689,16 +710,8 @@ impl ObjectStorage for AzureStorage {
             if let Some(marker) = marker.take() {
                 query.push(("marker", marker));
             }
-            let response = self.expect(
-                200,
-                "list",
-                prefix,
-                Method::GET,
-                &path,
-                &query,
-                Vec::new(),
-                None,
-            )?;
+            let request = BlobRequest::new(Method::GET, &path).query(&query);
+            let response = self.expect(200, "list", prefix, request)?;
             let body = http::read_body("list", prefix, response, LISTING_PAGE_LIMIT)?;
             let page = parse_listing(&body)
                 .map_err(|message| Error::new(ErrorKind::Other, "list", prefix, message))?;
@@ -730,16 +743,7 @@ impl ObjectStorage for AzureStorage {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.blob_path(&self.prefix.full(key));
-        let response = self.expect(
-            202,
-            "delete",
-            key,
-            Method::DELETE,
-            &path,
-            &[],
-            Vec::new(),
-            None,
-        )?;
+        let response = self.expect(202, "delete", key, BlobRequest::new(Method::DELETE, &path))?;
         drain(response);
         Ok(())
     }

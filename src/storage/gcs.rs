@@ -641,7 +641,10 @@ impl GcsUpload<'_> {
         resource.to_string().into_bytes()
     }
 
-    /// Asks the session how far it got (`Content-Range: bytes */*` with no body).
+    /// Asks the session how far it got (`Content-Range: bytes */*` with no body), as GCS
+    /// documents for resuming. Emulators may differ: fake-gcs-server takes this request as the
+    /// end of the upload and commits what it holds, so recovery after a failed chunk can only be
+    /// exercised against real GCS or a fake that follows the protocol.
     fn resync(&self, session: &mut Session) -> Result<()> {
         let operation = "query upload status";
         let response = self.storage.send(
