@@ -206,7 +206,11 @@ fn validate_config(mut parser: lexopt::Parser) -> Result<()> {
     }
     let path = common.config_path()?;
     let config = common.load_config()?;
-    println!("{}: valid ({} backup site(s))", path.display(), config.backup_sites.len());
+    println!(
+        "{}: valid ({} backup site(s))",
+        path.display(),
+        config.backup_sites.len()
+    );
     Ok(())
 }
 
@@ -235,7 +239,10 @@ fn algorithm(value: OsString) -> Result<Algorithm> {
 
 fn storage_get(mut parser: lexopt::Parser) -> Result<()> {
     let mut common = Common::default();
-    let mut options = storage::GetOptions { raw: false, algorithm: None };
+    let mut options = storage::GetOptions {
+        raw: false,
+        algorithm: None,
+    };
     let mut positional = Vec::new();
     while let Some(opt) = Opt::next(&mut parser)? {
         if common.take(&opt, &mut parser)? {
@@ -243,7 +250,9 @@ fn storage_get(mut parser: lexopt::Parser) -> Result<()> {
         }
         match opt {
             Opt::Long(name) if name == "raw" => options.raw = true,
-            Opt::Long(name) if name == "compression" => options.algorithm = Some(algorithm(parser.value()?)?),
+            Opt::Long(name) if name == "compression" => {
+                options.algorithm = Some(algorithm(parser.value()?)?)
+            }
             Opt::Value(value) => positional.push(string(value)?),
             other => return Err(other.unexpected()),
         }
@@ -272,9 +281,13 @@ fn storage_put(mut parser: lexopt::Parser) -> Result<()> {
             continue;
         }
         match opt {
-            Opt::Long(name) if name == "compression" => algorithm_override = Some(algorithm(parser.value()?)?),
+            Opt::Long(name) if name == "compression" => {
+                algorithm_override = Some(algorithm(parser.value()?)?)
+            }
             Opt::Long(name) if name == "level" => level = Some(number("--level", parser.value()?)?),
-            Opt::Long(name) if name == "threads" => threads = Some(number("--threads", parser.value()?)?),
+            Opt::Long(name) if name == "threads" => {
+                threads = Some(number("--threads", parser.value()?)?)
+            }
             Opt::Long(name) if name == "metadata" => {
                 let text = string(parser.value()?)?;
                 let value: serde_json::Value =
@@ -289,20 +302,24 @@ fn storage_put(mut parser: lexopt::Parser) -> Result<()> {
         }
     }
     let [input, key] = positional.as_slice() else {
-        return Err(usage("storage put takes INPUT (a file, or - for stdin) and KEY"));
+        return Err(usage(
+            "storage put takes INPUT (a file, or - for stdin) and KEY",
+        ));
     };
     let site = common.open_site()?;
-    let compression = (algorithm_override.is_some() || level.is_some() || threads.is_some()).then(
-        || {
+    let compression =
+        (algorithm_override.is_some() || level.is_some() || threads.is_some()).then(|| {
             let base = site.settings.compression;
             CompressionSettings {
                 algorithm: algorithm_override.unwrap_or(base.algorithm),
                 level: level.unwrap_or(base.level),
                 threads: threads.unwrap_or(base.threads),
             }
-        },
-    );
-    let options = storage::PutOptions { extra_metadata: metadata, compression };
+        });
+    let options = storage::PutOptions {
+        extra_metadata: metadata,
+        compression,
+    };
     let stats = storage::put(&site, input, key, &options)?;
     eprintln!(
         "stored {key}: {} bytes in, {} bytes stored",

@@ -35,7 +35,10 @@ pub fn open_site(config: &Config, name: &str) -> Result<Site> {
         .get(name)
         .ok_or_else(|| {
             let known: Vec<&str> = config.backup_sites.keys().map(String::as_str).collect();
-            anyhow!("no backup site {name:?} in the config (sites: {})", known.join(", "))
+            anyhow!(
+                "no backup site {name:?} in the config (sites: {})",
+                known.join(", ")
+            )
         })?
         .clone();
     let storage = storage::open(&settings.object_storage, RetryPolicy::default())
@@ -46,7 +49,13 @@ pub fn open_site(config: &Config, name: &str) -> Result<Site> {
 pub fn ls(site: &Site, prefix: &str, deep: bool, as_json: bool, out: &mut dyn Write) -> Result<()> {
     let listing = site
         .storage
-        .list(prefix, ListOptions { deep, with_metadata: true })
+        .list(
+            prefix,
+            ListOptions {
+                deep,
+                with_metadata: true,
+            },
+        )
         .with_context(|| format!("listing {prefix:?}"))?;
     for prefix in &listing.prefixes {
         if as_json {
@@ -87,7 +96,9 @@ pub struct StoredEncoding {
 /// `encrypted`) or from rohmu's own keys.
 pub fn stored_encoding(metadata: &Metadata) -> Result<StoredEncoding> {
     let info: Option<serde_json::Value> = match metadata.get(JSON_METADATA_KEY) {
-        Some(text) => Some(serde_json::from_str(text).context("parsing the object's json metadata")?),
+        Some(text) => {
+            Some(serde_json::from_str(text).context("parsing the object's json metadata")?)
+        }
         None => None,
     };
     let field = |name: &str| info.as_ref().and_then(|info| info.get(name));
@@ -101,7 +112,10 @@ pub fn stored_encoding(metadata: &Metadata) -> Result<StoredEncoding> {
     let encrypted = field("encrypted")
         .and_then(|value| value.as_bool())
         .or_else(|| metadata.contains_key(ROHMU_ENCRYPTION_KEY).then_some(true));
-    Ok(StoredEncoding { algorithm, encrypted })
+    Ok(StoredEncoding {
+        algorithm,
+        encrypted,
+    })
 }
 
 pub struct GetOptions {
@@ -113,7 +127,10 @@ pub struct GetOptions {
 
 /// Fetches `key` into `output` (a path, or stdout for `-`).
 pub fn get(site: &Site, key: &str, output: &str, options: &GetOptions) -> Result<()> {
-    let head = site.storage.head(key).with_context(|| format!("looking up {key:?}"))?;
+    let head = site
+        .storage
+        .head(key)
+        .with_context(|| format!("looking up {key:?}"))?;
     let metadata = head.metadata.unwrap_or_default();
     let (algorithm, private_key) = if options.raw {
         (Algorithm::None, None)
@@ -124,7 +141,10 @@ pub fn get(site: &Site, key: &str, output: &str, options: &GetOptions) -> Result
             None => starts_with_magic(site.storage.as_ref(), key)?,
         };
         let key_for_object = encrypted.then_some(&site.settings.encryption_keys.private);
-        (options.algorithm.unwrap_or(stored.algorithm), key_for_object)
+        (
+            options.algorithm.unwrap_or(stored.algorithm),
+            key_for_object,
+        )
     };
     let fetch = |out: &mut (dyn Write + Send)| {
         pipeline::download(site.storage.as_ref(), key, out, algorithm, private_key)
@@ -173,10 +193,18 @@ pub struct PutOptions {
 
 /// Stores `input` (a path, or stdin for `-`) under `key`, compressed and encrypted with the
 /// site's settings, recording in the `json` metadata how to read it back.
-pub fn put(site: &Site, input: &str, key: &str, options: &PutOptions) -> Result<pipeline::TransferStats> {
+pub fn put(
+    site: &Site,
+    input: &str,
+    key: &str,
+    options: &PutOptions,
+) -> Result<pipeline::TransferStats> {
     let compression = options.compression.unwrap_or(site.settings.compression);
     let mut info = serde_json::Map::new();
-    info.insert("compression_algorithm".into(), json!(compression.algorithm.name()));
+    info.insert(
+        "compression_algorithm".into(),
+        json!(compression.algorithm.name()),
+    );
     info.insert("encrypted".into(), json!(true));
     if input != "-" {
         let path = Path::new(input);
@@ -194,7 +222,10 @@ pub fn put(site: &Site, input: &str, key: &str, options: &PutOptions) -> Result<
         }
     }
     let mut metadata = Metadata::new();
-    metadata.insert(JSON_METADATA_KEY.into(), serde_json::Value::Object(info).to_string());
+    metadata.insert(
+        JSON_METADATA_KEY.into(),
+        serde_json::Value::Object(info).to_string(),
+    );
     let encoding = Encoding {
         compression,
         key: Some(&site.settings.encryption_keys.public),
@@ -228,7 +259,10 @@ mod tests {
     use super::*;
 
     fn metadata(pairs: &[(&str, &str)]) -> Metadata {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -236,24 +270,40 @@ mod tests {
         let cases: Vec<(Metadata, Algorithm, Option<bool>)> = vec![
             (metadata(&[]), Algorithm::None, None),
             (
-                metadata(&[("json", r#"{"compression_algorithm": "zstd", "remote_index": 3}"#)]),
+                metadata(&[(
+                    "json",
+                    r#"{"compression_algorithm": "zstd", "remote_index": 3}"#,
+                )]),
                 Algorithm::Zstd,
                 None,
             ),
             (
-                metadata(&[("json", r#"{"compression_algorithm": "lzma", "encrypted": false}"#)]),
+                metadata(&[(
+                    "json",
+                    r#"{"compression_algorithm": "lzma", "encrypted": false}"#,
+                )]),
                 Algorithm::Lzma,
                 Some(false),
             ),
             (
-                metadata(&[("compression-algorithm", "snappy"), ("encryption-key-id", "k")]),
+                metadata(&[
+                    ("compression-algorithm", "snappy"),
+                    ("encryption-key-id", "k"),
+                ]),
                 Algorithm::Snappy,
                 Some(true),
             ),
         ];
         for (metadata, algorithm, encrypted) in cases {
             let stored = stored_encoding(&metadata).expect("parse");
-            assert_eq!(stored, StoredEncoding { algorithm, encrypted }, "{metadata:?}");
+            assert_eq!(
+                stored,
+                StoredEncoding {
+                    algorithm,
+                    encrypted
+                },
+                "{metadata:?}"
+            );
         }
         assert!(stored_encoding(&metadata(&[("json", "{not json")])).is_err());
         assert!(stored_encoding(&metadata(&[("compression-algorithm", "brotli")])).is_err());

@@ -164,7 +164,9 @@ impl<R: Read> DecompressReader<R> {
         Ok(match algorithm {
             Algorithm::Snappy => DecompressReader::Snappy(snap::read::FrameDecoder::new(inner)),
             Algorithm::Zstd => DecompressReader::Zstd(zstd::stream::read::Decoder::new(inner)?),
-            Algorithm::Lzma => DecompressReader::Lzma(xz2::read::XzDecoder::new_multi_decoder(inner)),
+            Algorithm::Lzma => {
+                DecompressReader::Lzma(xz2::read::XzDecoder::new_multi_decoder(inner))
+            }
             Algorithm::None => DecompressReader::None(inner),
         })
     }
@@ -228,13 +230,24 @@ mod tests {
             (Algorithm::None, 0, 0),
         ];
         for (algorithm, level, threads) in cases {
-            let settings = CompressionSettings { algorithm, level, threads };
+            let settings = CompressionSettings {
+                algorithm,
+                level,
+                threads,
+            };
             let packed = compress(&data, &settings);
             if algorithm != Algorithm::None {
                 assert!(packed.len() < data.len() / 2, "{settings:?} compresses");
             }
-            assert_eq!(decompress(&packed, algorithm).expect("decompress"), data, "{settings:?}");
-            assert_eq!(decompress(&compress(b"", &settings), algorithm).expect("empty"), b"");
+            assert_eq!(
+                decompress(&packed, algorithm).expect("decompress"),
+                data,
+                "{settings:?}"
+            );
+            assert_eq!(
+                decompress(&compress(b"", &settings), algorithm).expect("empty"),
+                b""
+            );
         }
     }
 
@@ -246,18 +259,33 @@ mod tests {
             (Algorithm::Lzma, b"\xfd7zXZ\x00"),
         ];
         for (algorithm, magic) in cases {
-            let settings = CompressionSettings { algorithm, level: 0, threads: 0 };
-            assert!(compress(b"abc", &settings).starts_with(magic), "{algorithm}");
+            let settings = CompressionSettings {
+                algorithm,
+                level: 0,
+                threads: 0,
+            };
+            assert!(
+                compress(b"abc", &settings).starts_with(magic),
+                "{algorithm}"
+            );
         }
     }
 
     #[test]
     fn concatenated_frames_decode_whole() {
         for algorithm in [Algorithm::Zstd, Algorithm::Lzma, Algorithm::Snappy] {
-            let settings = CompressionSettings { algorithm, level: 0, threads: 0 };
+            let settings = CompressionSettings {
+                algorithm,
+                level: 0,
+                threads: 0,
+            };
             let mut joined = compress(b"first,", &settings);
             joined.extend(compress(b"second", &settings));
-            assert_eq!(decompress(&joined, algorithm).expect("decode"), b"first,second", "{algorithm}");
+            assert_eq!(
+                decompress(&joined, algorithm).expect("decode"),
+                b"first,second",
+                "{algorithm}"
+            );
         }
     }
 
@@ -265,16 +293,28 @@ mod tests {
     fn truncated_streams_fail() {
         let data = sample();
         for algorithm in [Algorithm::Zstd, Algorithm::Lzma, Algorithm::Snappy] {
-            let settings = CompressionSettings { algorithm, level: 0, threads: 0 };
+            let settings = CompressionSettings {
+                algorithm,
+                level: 0,
+                threads: 0,
+            };
             let packed = compress(&data, &settings);
             let cut = &packed[..packed.len() / 2];
-            assert!(decompress(cut, algorithm).is_err(), "{algorithm} must notice the cut");
+            assert!(
+                decompress(cut, algorithm).is_err(),
+                "{algorithm} must notice the cut"
+            );
         }
     }
 
     #[test]
     fn algorithm_names() {
-        for algorithm in [Algorithm::Snappy, Algorithm::Zstd, Algorithm::Lzma, Algorithm::None] {
+        for algorithm in [
+            Algorithm::Snappy,
+            Algorithm::Zstd,
+            Algorithm::Lzma,
+            Algorithm::None,
+        ] {
             assert_eq!(algorithm.name().parse::<Algorithm>(), Ok(algorithm));
         }
         assert!("gzip".parse::<Algorithm>().is_err());

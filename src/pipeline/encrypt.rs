@@ -35,7 +35,9 @@ pub enum Error {
     InvalidKey { kind: &'static str, reason: String },
     #[error("not an encrypted object: it does not start with the \"pghoa1\" magic")]
     BadMagic,
-    #[error("encrypted object is truncated: {size} bytes end before its header and integrity tag are complete")]
+    #[error(
+        "encrypted object is truncated: {size} bytes end before its header and integrity tag are complete"
+    )]
     Truncated { size: u64 },
     #[error("cannot unwrap the object's data key: it was encrypted for a different key pair")]
     WrongKey,
@@ -53,7 +55,8 @@ impl From<Error> for io::Error {
 
 /// The `encrypt::Error` inside an `io::Error`, if that is what it carries.
 pub fn error_in(err: &io::Error) -> Option<&Error> {
-    err.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
 }
 
 /// Takes the `encrypt::Error` out of an `io::Error`, or gives the `io::Error` back.
@@ -126,8 +129,8 @@ impl KeyMaterial {
         }
         let (aes_key, rest) = bytes.split_at(16);
         let (nonce, mac_key) = rest.split_at(16);
-        let cipher = Aes128Ctr::new_from_slices(aes_key, nonce)
-            .map_err(|_| Error::IntegrityCheckFailed)?;
+        let cipher =
+            Aes128Ctr::new_from_slices(aes_key, nonce).map_err(|_| Error::IntegrityCheckFailed)?;
         let mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, mac_key));
         Ok(KeyMaterial { cipher, mac })
     }
@@ -437,7 +440,8 @@ pub(crate) mod tests {
     fn round_trips_at_any_chunking() {
         let (public, private) = test_keys();
         let plain: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for (read_size, write_size) in [(1, 1), (7, 3), (4096, 100_000), (100_000, 33), (65536, 1)] {
+        for (read_size, write_size) in [(1, 1), (7, 3), (4096, 100_000), (100_000, 33), (65536, 1)]
+        {
             let cipher = encrypt(&plain, &public, read_size);
             assert_eq!(&cipher[..6], MAGIC);
             assert_eq!(cipher.len(), plain.len() + PREAMBLE_LEN + 384 + TAG_LEN);
@@ -468,19 +472,48 @@ pub(crate) mod tests {
         let cases: Vec<(&str, Vec<u8>, &PrivateKey, &str)> = vec![
             ("intact", cipher.clone(), &private, "ok"),
             ("magic", flip(0), &private, "bad magic"),
-            ("plain text", b"hello world, not encrypted".to_vec(), &private, "bad magic"),
-            ("wrapped key", flip(PREAMBLE_LEN + 10), &private, "wrong key"),
+            (
+                "plain text",
+                b"hello world, not encrypted".to_vec(),
+                &private,
+                "bad magic",
+            ),
+            (
+                "wrapped key",
+                flip(PREAMBLE_LEN + 10),
+                &private,
+                "wrong key",
+            ),
             ("body", flip(header_len + 100), &private, "integrity"),
             ("tag", flip(cipher.len() - 1), &private, "integrity"),
-            ("cut in body", cipher[..cipher.len() - 100].to_vec(), &private, "integrity"),
-            ("cut in tag", cipher[..header_len + 10].to_vec(), &private, "truncated"),
-            ("cut in header", cipher[..20].to_vec(), &private, "truncated"),
+            (
+                "cut in body",
+                cipher[..cipher.len() - 100].to_vec(),
+                &private,
+                "integrity",
+            ),
+            (
+                "cut in tag",
+                cipher[..header_len + 10].to_vec(),
+                &private,
+                "truncated",
+            ),
+            (
+                "cut in header",
+                cipher[..20].to_vec(),
+                &private,
+                "truncated",
+            ),
             ("cut in magic", cipher[..4].to_vec(), &private, "truncated"),
             ("other key", cipher.clone(), &other_private, "wrong key"),
         ];
         for (name, data, key, expected) in cases {
             for write_size in [1, 17, 100_000] {
-                assert_eq!(kind(decrypt(&data, key, write_size)), expected, "{name} / {write_size}");
+                assert_eq!(
+                    kind(decrypt(&data, key, write_size)),
+                    expected,
+                    "{name} / {write_size}"
+                );
             }
         }
     }
@@ -508,7 +541,10 @@ pub(crate) mod tests {
         let mut writer = DecryptWriter::new(FailAfter(100), &private);
         writer.write_all(&cipher).expect("input is always accepted");
         let err = writer.finish().expect_err("tampered");
-        assert!(matches!(error_in(&err), Some(Error::IntegrityCheckFailed)), "{err}");
+        assert!(
+            matches!(error_in(&err), Some(Error::IntegrityCheckFailed)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -147,11 +147,15 @@ struct SinkWatch<'a> {
 
 impl Write for SinkWatch<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf).inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+        self.out
+            .write(buf)
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush().inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+        self.out
+            .flush()
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
     }
 }
 
@@ -205,12 +209,13 @@ pub fn download(
                 let mut decrypt = DecryptWriter::new(pipe_writer, private_key);
                 let fetched = storage.get(key, &mut decrypt);
                 // Integrity first: tampering explains any failure it caused downstream.
-                let (writer, fetched) = match (decrypt.finish().map_err(encrypt::into_error), fetched) {
-                    (Err(Ok(encryption)), _) => return Err(Error::Encryption(encryption)),
-                    (_, Err(err)) => return Err(Error::Storage(err)),
-                    (Err(Err(err)), Ok(_)) => return Err(Error::Sink(err)),
-                    (Ok(writer), Ok(fetched)) => (writer, fetched),
-                };
+                let (writer, fetched) =
+                    match (decrypt.finish().map_err(encrypt::into_error), fetched) {
+                        (Err(Ok(encryption)), _) => return Err(Error::Encryption(encryption)),
+                        (_, Err(err)) => return Err(Error::Storage(err)),
+                        (Err(Err(err)), Ok(_)) => return Err(Error::Sink(err)),
+                        (Ok(writer), Ok(fetched)) => (writer, fetched),
+                    };
                 writer.inner.finish().map_err(Error::Sink)?;
                 Ok(fetched)
             });
@@ -272,7 +277,9 @@ mod tests {
     }
 
     fn data() -> Vec<u8> {
-        (0..3_000_000u32).map(|i| ((i % 253) ^ (i >> 9)) as u8).collect()
+        (0..3_000_000u32)
+            .map(|i| ((i % 253) ^ (i >> 9)) as u8)
+            .collect()
     }
 
     #[test]
@@ -281,9 +288,18 @@ mod tests {
         let storage = local_storage(dir.path());
         let (public, private) = encrypt::tests::test_keys();
         let original = data();
-        for algorithm in [Algorithm::Snappy, Algorithm::Zstd, Algorithm::Lzma, Algorithm::None] {
+        for algorithm in [
+            Algorithm::Snappy,
+            Algorithm::Zstd,
+            Algorithm::Lzma,
+            Algorithm::None,
+        ] {
             for encrypted in [false, true] {
-                let compression = CompressionSettings { algorithm, level: 0, threads: 0 };
+                let compression = CompressionSettings {
+                    algorithm,
+                    level: 0,
+                    threads: 0,
+                };
                 let key = format!("site/x/{algorithm}-{encrypted}");
                 let mut metadata = Metadata::new();
                 metadata.insert("json".into(), "{}".into());
@@ -292,7 +308,10 @@ mod tests {
                     &key,
                     &mut &original[..],
                     &metadata,
-                    Encoding { compression, key: encrypted.then_some(&public) },
+                    Encoding {
+                        compression,
+                        key: encrypted.then_some(&public),
+                    },
                 )
                 .expect("upload");
                 assert_eq!(stats.original_bytes, original.len() as u64);
@@ -310,7 +329,13 @@ mod tests {
             }
         }
         let listing = storage
-            .list("site/x/", ListOptions { deep: false, with_metadata: true })
+            .list(
+                "site/x/",
+                ListOptions {
+                    deep: false,
+                    with_metadata: true,
+                },
+            )
             .expect("list");
         assert_eq!(listing.objects.len(), 8);
     }
@@ -335,7 +360,10 @@ mod tests {
             "k",
             &mut Failing(20),
             &Metadata::new(),
-            Encoding::<PublicKey> { compression: CompressionSettings::default(), key: None },
+            Encoding::<PublicKey> {
+                compression: CompressionSettings::default(),
+                key: None,
+            },
         )
         .expect_err("must fail");
         assert!(matches!(err, Error::Source(_)), "{err}");
@@ -348,13 +376,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = local_storage(dir.path());
         let (public, private) = encrypt::tests::test_keys();
-        let compression = CompressionSettings { algorithm: Algorithm::Zstd, level: 0, threads: 0 };
+        let compression = CompressionSettings {
+            algorithm: Algorithm::Zstd,
+            level: 0,
+            threads: 0,
+        };
         upload(
             storage.as_ref(),
             "k",
             &mut &data()[..],
             &Metadata::new(),
-            Encoding { compression, key: Some(&public) },
+            Encoding {
+                compression,
+                key: Some(&public),
+            },
         )
         .expect("upload");
         let path = dir.path().join("k");
@@ -362,8 +397,14 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
         std::fs::write(&path, &bytes).expect("write");
-        let err = download(storage.as_ref(), "k", &mut io::sink(), Algorithm::Zstd, Some(&private))
-            .expect_err("tampered");
+        let err = download(
+            storage.as_ref(),
+            "k",
+            &mut io::sink(),
+            Algorithm::Zstd,
+            Some(&private),
+        )
+        .expect_err("tampered");
         assert!(
             matches!(err, Error::Encryption(encrypt::Error::IntegrityCheckFailed)),
             "{err}"

@@ -53,7 +53,10 @@ pub fn pipe(chunk_size: usize, depth: usize) -> (PipeWriter, PipeReader) {
 }
 
 fn reader_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the next pipeline stage stopped reading")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the next pipeline stage stopped reading",
+    )
 }
 
 impl PipeWriter {
@@ -66,7 +69,9 @@ impl PipeWriter {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(self.chunk_size));
         let full = std::mem::replace(&mut self.buffer, next);
-        self.data.send(Message::Data(full)).map_err(|_| reader_gone())
+        self.data
+            .send(Message::Data(full))
+            .map_err(|_| reader_gone())
     }
 
     /// Sends what is buffered and marks the stream complete.

@@ -70,7 +70,12 @@ impl LocalStorage {
         let text = fs::read_to_string(&metadata_path)
             .map_err(|err| Error::from_io("read metadata", key, &err))?;
         let mut metadata: Metadata = serde_json::from_str(&text).map_err(|err| {
-            Error::new(ErrorKind::Other, "read metadata", key, format!("bad metadata file: {err}"))
+            Error::new(
+                ErrorKind::Other,
+                "read metadata",
+                key,
+                format!("bad metadata file: {err}"),
+            )
         })?;
         metadata.remove(HASH_KEY);
         Ok(metadata)
@@ -146,7 +151,10 @@ fn write_atomically(
 ) -> io::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
@@ -226,8 +234,15 @@ impl ObjectStorage for LocalStorage {
         self.get_range(key, offset, u64::MAX, out)
     }
 
-    fn get_range(&self, key: &str, start: u64, end: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
-        let mut file = File::open(self.path(key)).map_err(|err| Error::from_io("download", key, &err))?;
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64> {
+        let mut file =
+            File::open(self.path(key)).map_err(|err| Error::from_io("download", key, &err))?;
         file.seek(SeekFrom::Start(start))
             .map_err(|err| Error::from_io("download", key, &err))?;
         let mut limited = file.take(end.saturating_sub(start));
@@ -237,7 +252,12 @@ impl ObjectStorage for LocalStorage {
     fn head(&self, key: &str) -> Result<ObjectInfo> {
         let path = self.path(key);
         if fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(Error::new(ErrorKind::NotFound, "head", key, "is a prefix, not an object"));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "head",
+                key,
+                "is a prefix, not an object",
+            ));
         }
         self.info(key, &path, true)
     }

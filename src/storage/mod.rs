@@ -173,7 +173,13 @@ pub trait ObjectStorage: Send + Sync {
 
     /// Writes bytes `start..end` (end exclusive, clamped to the object size) into `out`. A range
     /// starting at or past the end writes nothing and succeeds.
-    fn get_range(&self, key: &str, start: u64, end: u64, out: &mut (dyn Write + Send)) -> Result<u64>;
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64>;
 
     /// Size and metadata of one object.
     fn head(&self, key: &str) -> Result<ObjectInfo>;
@@ -269,7 +275,12 @@ pub(crate) fn copy_body(
         out.write_all(&buffer[..n]).map_err(|err| {
             // The sink failing is the caller's problem (disk full, a failed pipeline stage), so it
             // must not be retried as if the network had failed.
-            Error::new(ErrorKind::Source, operation, key, format!("writing downloaded data: {err}"))
+            Error::new(
+                ErrorKind::Source,
+                operation,
+                key,
+                format!("writing downloaded data: {err}"),
+            )
         })?;
         copied += n as u64;
     }
@@ -309,7 +320,11 @@ mod tests {
             (409, ErrorKind::Other),
         ];
         for (status, kind) in cases {
-            assert_eq!(Error::from_status("get", "k", status, "").kind, kind, "{status}");
+            assert_eq!(
+                Error::from_status("get", "k", status, "").kind,
+                kind,
+                "{status}"
+            );
         }
     }
 }

@@ -131,14 +131,23 @@ mod tests {
     impl PartSink for Recorder {
         type Upload = ();
         fn put_whole(&self, data: &[u8]) -> Result<()> {
-            self.calls.borrow_mut().push(format!("whole {}", data.len()));
+            self.calls
+                .borrow_mut()
+                .push(format!("whole {}", data.len()));
             Ok(())
         }
         fn begin(&self) -> Result<()> {
             self.calls.borrow_mut().push("begin".into());
             Ok(())
         }
-        fn put_part(&self, _: &mut (), number: u32, offset: u64, data: &[u8], last: bool) -> Result<()> {
+        fn put_part(
+            &self,
+            _: &mut (),
+            number: u32,
+            offset: u64,
+            data: &[u8],
+            last: bool,
+        ) -> Result<()> {
             if *self.failures_left.borrow() > 0 {
                 *self.failures_left.borrow_mut() -= 1;
                 let kind = self.failure_kind.unwrap_or(ErrorKind::Transient);
@@ -183,7 +192,12 @@ mod tests {
             (
                 8,
                 4,
-                &["begin", "part 1 @0 4 false", "part 2 @4 4 true", "complete 8"],
+                &[
+                    "begin",
+                    "part 1 @0 4 false",
+                    "part 2 @4 4 true",
+                    "complete 8",
+                ],
             ),
             (
                 9,
@@ -210,7 +224,10 @@ mod tests {
         };
         let data = [1u8; 10];
         upload(&sink, "k", &mut &data[..], 4, &quick_retry()).expect("upload");
-        assert_eq!(sink.calls.borrow().last().map(String::as_str), Some("complete 10"));
+        assert_eq!(
+            sink.calls.borrow().last().map(String::as_str),
+            Some("complete 10")
+        );
     }
 
     #[test]
@@ -242,6 +259,9 @@ mod tests {
         let sink = Recorder::default();
         let err = upload(&sink, "k", &mut Broken(9), 4, &quick_retry()).expect_err("must fail");
         assert_eq!(err.kind, ErrorKind::Source);
-        assert_eq!(sink.calls.borrow().last().map(String::as_str), Some("abort"));
+        assert_eq!(
+            sink.calls.borrow().last().map(String::as_str),
+            Some("abort")
+        );
     }
 }

@@ -103,19 +103,29 @@ impl ObjectStorage for Retrying {
         let mut counted = Counted { out, written: 0 };
         self.policy.run("download", key, || {
             let resume_at = offset + counted.written;
-            self.inner.get_from(key, resume_at, &mut counted).map(|_| ())
+            self.inner
+                .get_from(key, resume_at, &mut counted)
+                .map(|_| ())
         })?;
         Ok(counted.written)
     }
 
-    fn get_range(&self, key: &str, start: u64, end: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64> {
         let mut counted = Counted { out, written: 0 };
         self.policy.run("ranged download", key, || {
             let from = start + counted.written;
             if from >= end {
                 return Ok(());
             }
-            self.inner.get_range(key, from, end, &mut counted).map(|_| ())
+            self.inner
+                .get_range(key, from, end, &mut counted)
+                .map(|_| ())
         })?;
         Ok(counted.written)
     }
@@ -125,7 +135,8 @@ impl ObjectStorage for Retrying {
     }
 
     fn list(&self, prefix: &str, options: ListOptions) -> Result<Listing> {
-        self.policy.run("list", prefix, || self.inner.list(prefix, options))
+        self.policy
+            .run("list", prefix, || self.inner.list(prefix, options))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -147,7 +158,9 @@ mod tests {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(1000),
         };
-        let delays: Vec<u64> = (1..=6).map(|n| policy.delay(n).as_millis() as u64).collect();
+        let delays: Vec<u64> = (1..=6)
+            .map(|n| policy.delay(n).as_millis() as u64)
+            .collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(policy.delay(u32::MAX), Duration::from_millis(1000));
     }
@@ -180,7 +193,11 @@ mod tests {
                     Ok(())
                 }
             });
-            assert_eq!(tries.get(), expected_tries, "{failures} {kind:?} {attempts}");
+            assert_eq!(
+                tries.get(),
+                expected_tries,
+                "{failures} {kind:?} {attempts}"
+            );
             assert_eq!(result.is_ok(), succeeds, "{failures} {kind:?} {attempts}");
         }
     }

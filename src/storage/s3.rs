@@ -118,7 +118,10 @@ impl S3Config {
         if !["path", "virtual", "auto"].contains(&self.addressing_style.as_str()) {
             problems.push((
                 "addressing_style".into(),
-                format!("must be path, virtual or auto, not {:?}", self.addressing_style),
+                format!(
+                    "must be path, virtual or auto, not {:?}",
+                    self.addressing_style
+                ),
             ));
         }
         if self.segment_size < MIN_PART_SIZE {
@@ -133,7 +136,10 @@ impl S3Config {
                 "aws_access_key_id and aws_secret_access_key must be set together".into(),
             ));
         }
-        for (key, value) in [("connect_timeout", &self.connect_timeout), ("read_timeout", &self.read_timeout)] {
+        for (key, value) in [
+            ("connect_timeout", &self.connect_timeout),
+            ("read_timeout", &self.read_timeout),
+        ] {
             if let Some(value) = value
                 && seconds(value).is_none()
             {
@@ -144,10 +150,16 @@ impl S3Config {
             problems.push(("proxy_info".into(), "proxies are not supported".into()));
         }
         if self.encrypted {
-            problems.push(("encrypted".into(), "server-side encryption is not supported".into()));
+            problems.push((
+                "encrypted".into(),
+                "server-side encryption is not supported".into(),
+            ));
         }
         if self.cert_path.is_some() {
-            problems.push(("cert_path".into(), "custom CA certificates are not supported".into()));
+            problems.push((
+                "cert_path".into(),
+                "custom CA certificates are not supported".into(),
+            ));
         }
         problems
     }
@@ -165,7 +177,9 @@ pub struct S3Storage {
 
 fn s3_error(operation: &'static str, key: &str, err: S3Error) -> Error {
     match err {
-        S3Error::HttpFailWithBody(status, body) => Error::from_status(operation, key, status, &body),
+        S3Error::HttpFailWithBody(status, body) => {
+            Error::from_status(operation, key, status, &body)
+        }
         S3Error::Io(io) => Error::from_io(operation, key, &io),
         S3Error::Atto(atto) => {
             let kind = match atto.kind() {
@@ -187,7 +201,14 @@ fn s3_error(operation: &'static str, key: &str, err: S3Error) -> Error {
 
 impl S3Storage {
     pub fn open(config: &S3Config) -> Result<S3Storage> {
-        let invalid = |message: String| Error::new(ErrorKind::InvalidConfig, "open", &config.bucket_name, message);
+        let invalid = |message: String| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "open",
+                &config.bucket_name,
+                message,
+            )
+        };
         // Retries are ours; rust-s3 would otherwise sleep and retry behind our back.
         static DISABLE_CRATE_RETRIES: Once = Once::new();
         DISABLE_CRATE_RETRIES.call_once(|| s3::set_retries(0));
@@ -232,13 +253,19 @@ impl S3Storage {
         }
         let mut transfer_bucket = bucket.clone();
         transfer_bucket.set_request_timeout(None);
-        let deadline = config.read_timeout.as_ref().and_then(seconds).unwrap_or(60.0);
+        let deadline = config
+            .read_timeout
+            .as_ref()
+            .and_then(seconds)
+            .unwrap_or(60.0);
         bucket.set_request_timeout(Some(Duration::from_secs_f64(deadline)));
         Ok(S3Storage {
             bucket,
             transfer_bucket,
             prefix: KeyPrefix::new(config.prefix.as_deref()),
-            part_size: config.segment_size.max(config.min_multipart_chunk_size.unwrap_or(0)),
+            part_size: config
+                .segment_size
+                .max(config.min_multipart_chunk_size.unwrap_or(0)),
             retry: RetryPolicy::default(),
         })
     }
@@ -248,10 +275,21 @@ impl S3Storage {
         let mut headers = http::HeaderMap::new();
         for (name, value) in metadata {
             let header = format!("{METADATA_HEADER_PREFIX}{name}");
-            let name = http_header_name(&header)
-                .ok_or_else(|| Error::new(ErrorKind::Other, "upload", key, format!("bad metadata key {name:?}")))?;
+            let name = http_header_name(&header).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    "upload",
+                    key,
+                    format!("bad metadata key {name:?}"),
+                )
+            })?;
             let value = value.parse().map_err(|_| {
-                Error::new(ErrorKind::Other, "upload", key, format!("metadata {header} is not a valid header value"))
+                Error::new(
+                    ErrorKind::Other,
+                    "upload",
+                    key,
+                    format!("metadata {header} is not a valid header value"),
+                )
             })?;
             headers.insert(name, value);
         }
@@ -362,7 +400,11 @@ impl PartSink for S3Upload<'_> {
     }
 
     fn abort(&self, upload: S3MultipartState) {
-        if let Err(err) = self.storage.bucket.abort_upload(&self.key, &upload.upload_id) {
+        if let Err(err) = self
+            .storage
+            .bucket
+            .abort_upload(&self.key, &upload.upload_id)
+        {
             log::warn!("aborting multipart upload of {:?} failed: {err}", self.key);
         }
     }
@@ -382,7 +424,13 @@ impl ObjectStorage for S3Storage {
         self.get_range(key, offset, u64::MAX, out)
     }
 
-    fn get_range(&self, key: &str, start: u64, end: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64> {
         if end <= start {
             return Ok(0);
         }
@@ -422,7 +470,10 @@ impl ObjectStorage for S3Storage {
         let metadata: Metadata = head.metadata.unwrap_or_default().into_iter().collect();
         Ok(ObjectInfo {
             key: key.to_owned(),
-            size: head.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            size: head
+                .content_length
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
             metadata: Some(metadata),
         })
     }

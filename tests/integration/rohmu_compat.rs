@@ -21,7 +21,10 @@ struct Rohmu {
 impl Rohmu {
     fn find() -> Option<Rohmu> {
         let python = harness::require_tool(
-            harness::tools_dir().join("venv/bin/python").to_str().expect("utf-8 path"),
+            harness::tools_dir()
+                .join("venv/bin/python")
+                .to_str()
+                .expect("utf-8 path"),
         )?;
         Some(Rohmu {
             python,
@@ -96,7 +99,15 @@ fn myhoard_reads_what_rohmu_writes() {
             for encrypted in [true, false] {
                 let key = format!("site/stream/{name}-{algorithm}-{encrypted}");
                 let input_arg = input.to_str().expect("utf-8 path");
-                let mut args = vec!["put", "--dir", storage_arg, "--key", &key, "--input", input_arg];
+                let mut args = vec![
+                    "put",
+                    "--dir",
+                    storage_arg,
+                    "--key",
+                    &key,
+                    "--input",
+                    input_arg,
+                ];
                 args.extend(["--algorithm", algorithm]);
                 let public_arg = public_file.to_str().expect("utf-8 path");
                 if encrypted {
@@ -115,7 +126,14 @@ fn myhoard_reads_what_rohmu_writes() {
         }
     }
     // The listing shows rohmu's objects with their metadata and without rohmu's `_hash`.
-    let listing = cli::run_ok(&["storage", "ls", "--config", config, "--json", "site/stream/"]);
+    let listing = cli::run_ok(&[
+        "storage",
+        "ls",
+        "--config",
+        config,
+        "--json",
+        "site/stream/",
+    ]);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&listing.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("ls --json line"))
@@ -123,7 +141,10 @@ fn myhoard_reads_what_rohmu_writes() {
     assert_eq!(lines.len(), 3 * ALGORITHMS.len() * 2);
     for line in &lines {
         let metadata = line["metadata"].as_object().expect("metadata");
-        assert!(metadata.contains_key("json") && !metadata.contains_key("_hash"), "{line}");
+        assert!(
+            metadata.contains_key("json") && !metadata.contains_key("_hash"),
+            "{line}"
+        );
     }
 }
 
@@ -149,14 +170,29 @@ fn rohmu_reads_what_myhoard_writes() {
             // Encrypted: through the operator command, exactly as the daemon stores objects.
             let key = format!("site/stream/{name}-{algorithm}-encrypted");
             cli::run_ok(&[
-                "storage", "put", "--config", config, "--compression", algorithm, "--threads", "2",
-                input_arg, &key,
+                "storage",
+                "put",
+                "--config",
+                config,
+                "--compression",
+                algorithm,
+                "--threads",
+                "2",
+                input_arg,
+                &key,
             ]);
             let output = dir.path().join("out");
             let output_arg = output.to_str().expect("utf-8 path");
             rohmu.run(&[
-                "get", "--dir", storage_arg, "--key", &key, "--output", output_arg,
-                "--private-key", private_arg,
+                "get",
+                "--dir",
+                storage_arg,
+                "--key",
+                &key,
+                "--output",
+                output_arg,
+                "--private-key",
+                private_arg,
             ]);
             assert_same_file(&input, &output, &key);
 
@@ -171,12 +207,24 @@ fn rohmu_reads_what_myhoard_writes() {
             metadata.insert("json".into(), info.to_string());
             let mut source = fs::File::open(&input).expect("open input");
             let encoding = Encoding::<PublicKey> {
-                compression: CompressionSettings { algorithm, level: 0, threads: 0 },
+                compression: CompressionSettings {
+                    algorithm,
+                    level: 0,
+                    threads: 0,
+                },
                 key: None,
             };
             pipeline::upload(storage.as_ref(), &key, &mut source, &metadata, encoding)
                 .expect("upload");
-            rohmu.run(&["get", "--dir", storage_arg, "--key", &key, "--output", output_arg]);
+            rohmu.run(&[
+                "get",
+                "--dir",
+                storage_arg,
+                "--key",
+                &key,
+                "--output",
+                output_arg,
+            ]);
             assert_same_file(&input, &output, &key);
         }
     }

@@ -18,7 +18,14 @@ pub fn generate_key_pair(dir: &Path, name: &str) -> KeyPair {
     let private = dir.join(format!("{name}.private.pem"));
     let public = dir.join(format!("{name}.public.pem"));
     let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:3072",
+            "-out",
+        ])
         .arg(&private)
         .stderr(std::process::Stdio::null())
         .status()
@@ -67,8 +74,11 @@ pub fn write_config(dir: &Path, site: serde_json::Value) -> PathBuf {
     config["backup_sites"] = serde_json::json!({ "test": site });
     config["backup_settings"]["upload_site"] = "test".into();
     let path = dir.join("myhoard.json");
-    fs::write(&path, serde_json::to_vec_pretty(&config).expect("serializing config"))
-        .expect("writing config");
+    fs::write(
+        &path,
+        serde_json::to_vec_pretty(&config).expect("serializing config"),
+    )
+    .expect("writing config");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod config");
     path
 }
