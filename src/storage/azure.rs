@@ -369,7 +369,7 @@ fn drain(response: Response) {
 }
 
 impl AzureStorage {
-    pub fn open(config: &AzureConfig) -> Result<AzureStorage> {
+    pub fn open(config: &AzureConfig, retry: RetryPolicy) -> Result<AzureStorage> {
         let invalid = |message: &str| {
             Error::new(
                 ErrorKind::InvalidConfig,
@@ -419,7 +419,7 @@ impl AzureStorage {
             key: hmac::Key::new(hmac::HMAC_SHA256, &key_bytes),
             prefix: KeyPrefix::new(config.prefix.as_deref()),
             block_size: config.block_size,
-            retry: RetryPolicy::default(),
+            retry,
         })
     }
 
@@ -489,7 +489,7 @@ impl AzureStorage {
     }
 
     /// Like `send`, but any status other than `expected` is an error.
-    fn expect(
+    fn send_expecting(
         &self,
         expected: u16,
         operation: &'static str,
@@ -578,7 +578,9 @@ impl PartSink for AzureUpload<'_> {
         let request = BlobRequest::new(Method::PUT, &self.path)
             .headers(headers)
             .body(data);
-        let response = self.storage.expect(201, "upload", self.key, request)?;
+        let response = self
+            .storage
+            .send_expecting(201, "upload", self.key, request)?;
         drain(response);
         Ok(())
     }
@@ -608,7 +610,9 @@ impl PartSink for AzureUpload<'_> {
         let request = BlobRequest::new(Method::PUT, &self.path)
             .query(&query)
             .body(data);
-        let response = self.storage.expect(201, "upload part", self.key, request)?;
+        let response = self
+            .storage
+            .send_expecting(201, "upload part", self.key, request)?;
         drain(response);
         *staged = number;
         Ok(())
@@ -626,7 +630,7 @@ impl PartSink for AzureUpload<'_> {
             .body(body.as_bytes());
         let response = self
             .storage
-            .expect(201, "complete upload", self.key, request)?;
+            .send_expecting(201, "complete upload", self.key, request)?;
         drain(response);
         Ok(())
     }
@@ -675,7 +679,8 @@ impl ObjectStorage for AzureStorage {
 
     fn head(&self, key: &str) -> Result<ObjectInfo> {
         let path = self.blob_path(&self.prefix.full(key));
-        let response = self.expect(200, "head", key, BlobRequest::new(Method::HEAD, &path))?;
+        let response =
+            self.send_expecting(200, "head", key, BlobRequest::new(Method::HEAD, &path))?;
         let size = response
             .headers()
             .get("content-length")
@@ -711,7 +716,7 @@ impl ObjectStorage for AzureStorage {
                 query.push(("marker", marker));
             }
             let request = BlobRequest::new(Method::GET, &path).query(&query);
-            let response = self.expect(200, "list", prefix, request)?;
+            let response = self.send_expecting(200, "list", prefix, request)?;
             let body = http::read_body("list", prefix, response, LISTING_PAGE_LIMIT)?;
             let page = parse_listing(&body)
                 .map_err(|message| Error::new(ErrorKind::Other, "list", prefix, message))?;
@@ -743,7 +748,8 @@ impl ObjectStorage for AzureStorage {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.blob_path(&self.prefix.full(key));
-        let response = self.expect(202, "delete", key, BlobRequest::new(Method::DELETE, &path))?;
+        let response =
+            self.send_expecting(202, "delete", key, BlobRequest::new(Method::DELETE, &path))?;
         drain(response);
         Ok(())
     }
@@ -1008,21 +1014,27 @@ mod tests {
 
     #[test]
     fn urls_by_cloud_and_host() {
-        let storage = AzureStorage::open(&config()).expect("open");
+        let storage = AzureStorage::open(&config(), RetryPolicy::default()).expect("open");
         assert_eq!(storage.origin, "https://acct.blob.core.windows.net");
         assert_eq!(storage.blob_path("p/a b/c"), "/backups/p/a%20b/c");
-        let china = AzureStorage::open(&AzureConfig {
-            azure_cloud: Some("china".into()),
-            ..config()
-        })
+        let china = AzureStorage::open(
+            &AzureConfig {
+                azure_cloud: Some("china".into()),
+                ..config()
+            },
+            RetryPolicy::default(),
+        )
         .expect("open");
         assert_eq!(china.origin, "https://acct.blob.core.chinacloudapi.cn");
-        let azurite = AzureStorage::open(&AzureConfig {
-            host: Some("127.0.0.1".into()),
-            port: Some(10000),
-            is_secure: false,
-            ..config()
-        })
+        let azurite = AzureStorage::open(
+            &AzureConfig {
+                host: Some("127.0.0.1".into()),
+                port: Some(10000),
+                is_secure: false,
+                ..config()
+            },
+            RetryPolicy::default(),
+        )
         .expect("open");
         assert_eq!(azurite.origin, "http://127.0.0.1:10000");
         assert_eq!(azurite.blob_path("p/x"), "/acct/backups/p/x");
@@ -1042,7 +1054,9 @@ mod tests {
             },
         ] {
             assert_eq!(
-                AzureStorage::open(&bad).err().map(|e| e.kind),
+                AzureStorage::open(&bad, RetryPolicy::default())
+                    .err()
+                    .map(|e| e.kind),
                 Some(ErrorKind::InvalidConfig)
             );
         }

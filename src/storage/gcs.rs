@@ -427,7 +427,7 @@ pub struct GcsStorage {
 }
 
 impl GcsStorage {
-    pub fn open(config: &GcsConfig) -> Result<GcsStorage> {
+    pub fn open(config: &GcsConfig, retry: RetryPolicy) -> Result<GcsStorage> {
         let invalid = |message: String| {
             Error::new(
                 ErrorKind::InvalidConfig,
@@ -463,7 +463,7 @@ impl GcsStorage {
             prefix: KeyPrefix::new(config.prefix.as_deref()),
             chunk_size: config.chunk_size,
             auth,
-            retry: RetryPolicy::default(),
+            retry,
         })
     }
 
@@ -1041,7 +1041,7 @@ mod tests {
             serde_json::json!("{not json"),
         ];
         for credentials in cases {
-            let err = GcsStorage::open(&config(credentials.clone()))
+            let err = GcsStorage::open(&config(credentials.clone()), RetryPolicy::default())
                 .err()
                 .expect("must fail");
             assert_eq!(err.kind, ErrorKind::InvalidConfig, "{credentials}");
@@ -1049,11 +1049,13 @@ mod tests {
         let mut emulator = config(serde_json::Value::Null);
         emulator.credentials = None;
         assert_eq!(
-            GcsStorage::open(&emulator).err().map(|e| e.kind),
+            GcsStorage::open(&emulator, RetryPolicy::default())
+                .err()
+                .map(|e| e.kind),
             Some(ErrorKind::InvalidConfig)
         );
         emulator.endpoint = Some("http://127.0.0.1:1/".into());
-        let storage = GcsStorage::open(&emulator).expect("emulator config");
+        let storage = GcsStorage::open(&emulator, RetryPolicy::default()).expect("emulator config");
         assert_eq!(storage.endpoint, "http://127.0.0.1:1");
         assert_eq!(
             storage.object_url("a/b c"),
@@ -1061,7 +1063,9 @@ mod tests {
         );
         emulator.chunk_size = 1000;
         assert_eq!(
-            GcsStorage::open(&emulator).err().map(|e| e.kind),
+            GcsStorage::open(&emulator, RetryPolicy::default())
+                .err()
+                .map(|e| e.kind),
             Some(ErrorKind::InvalidConfig)
         );
     }

@@ -219,13 +219,14 @@ impl StorageConfig {
     }
 }
 
-/// Opens the backend a config names, wrapped in the retry layer.
+/// Opens the backend a config names, wrapped in the retry layer. Uploads retry each part with
+/// the same policy inside the backend.
 pub fn open(config: &StorageConfig, retry: RetryPolicy) -> Result<Arc<dyn ObjectStorage>> {
     let backend: Box<dyn ObjectStorage> = match config {
         StorageConfig::Local(config) => Box::new(local::LocalStorage::open(config)?),
-        StorageConfig::S3(config) => Box::new(s3::S3Storage::open(config)?),
-        StorageConfig::Google(config) => Box::new(gcs::GcsStorage::open(config)?),
-        StorageConfig::Azure(config) => Box::new(azure::AzureStorage::open(config)?),
+        StorageConfig::S3(config) => Box::new(s3::S3Storage::open(config, retry)?),
+        StorageConfig::Google(config) => Box::new(gcs::GcsStorage::open(config, retry)?),
+        StorageConfig::Azure(config) => Box::new(azure::AzureStorage::open(config, retry)?),
     };
     Ok(Arc::new(Retrying::new(backend, retry)))
 }

@@ -200,7 +200,7 @@ fn s3_error(operation: &'static str, key: &str, err: S3Error) -> Error {
 }
 
 impl S3Storage {
-    pub fn open(config: &S3Config) -> Result<S3Storage> {
+    pub fn open(config: &S3Config, retry: RetryPolicy) -> Result<S3Storage> {
         let invalid = |message: String| {
             Error::new(
                 ErrorKind::InvalidConfig,
@@ -266,7 +266,7 @@ impl S3Storage {
             part_size: config
                 .segment_size
                 .max(config.min_multipart_chunk_size.unwrap_or(0)),
-            retry: RetryPolicy::default(),
+            retry,
         })
     }
 
