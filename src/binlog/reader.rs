@@ -49,8 +49,9 @@ pub enum Error {
         offset: u64,
         source: io::Error,
     },
-    #[error("{file} is not a binlog: its first bytes are {found:02x?}, not fe 62 69 6e", file = file.display())]
-    BadMagic { file: PathBuf, found: Vec<u8> },
+    /// `found` is the first bytes in hexadecimal.
+    #[error("{file} is not a binlog: it starts with {found}, not fe 62 69 6e", file = file.display())]
+    BadMagic { file: PathBuf, found: String },
     #[error("binlog {file} is encrypted (at offset {offset}); reading encrypted binlogs is not supported", file = file.display())]
     Encrypted { file: PathBuf, offset: u64 },
     #[error("binlog {file} is truncated at offset {offset}: {what}", file = file.display())]
@@ -324,8 +325,9 @@ impl<R: Read> BinlogReader<R> {
                     what: "shorter than the 4-byte magic number",
                 });
             }
+            let found: Vec<String> = magic.iter().map(|byte| format!("{byte:02x}")).collect();
             return Err(Error::BadMagic {
-                found: magic.to_vec(),
+                found: found.join(" "),
                 file,
             });
         }

@@ -571,6 +571,51 @@ fn corruption_is_reported_with_its_offset() {
 }
 
 #[test]
+fn unknown_events_are_skipped() {
+    // A MySQL 9.x Large_transaction_header_event (type 43, flagged ignorable), which 9.7.4
+    // does not write yet, spliced in after Previous_gtids: it must change nothing but offsets.
+    let data = fixture_bytes("mysql", "binlog.000001");
+    let at = 158; // SHOW BINLOG EVENTS: Previous_gtids 127..158
+    let mut extra = Vec::new();
+    let length = (HEADER_LEN + 10 + 100 + 4) as u32;
+    extra.extend_from_slice(&0u32.to_le_bytes()); // timestamp
+    extra.push(43);
+    extra.extend_from_slice(&1u32.to_le_bytes()); // server id
+    extra.extend_from_slice(&length.to_le_bytes());
+    extra.extend_from_slice(&(at as u32 + length).to_le_bytes());
+    extra.extend_from_slice(&0x80u16.to_le_bytes()); // LOG_EVENT_IGNORABLE_F
+    extra.push(1); // version
+    extra.extend_from_slice(&4000u64.to_le_bytes());
+    extra.push(event::XID_EVENT);
+    extra.extend_from_slice(&[0xaa; 100]); // padding
+    let crc = crc32fast::hash(&extra);
+    extra.extend_from_slice(&crc.to_le_bytes());
+    let mut spliced = data[..at].to_vec();
+    spliced.extend_from_slice(&extra);
+    spliced.extend_from_slice(&data[at..]);
+
+    let read = |bytes: &[u8]| {
+        let mut reader = BinlogReader::new("x", bytes, ReadOptions::default()).expect("opens");
+        let mut transactions = Vec::new();
+        while let Some(transaction) = reader.next_transaction().expect("reads") {
+            transactions.push(transaction);
+        }
+        (transactions, reader.finish().expect("summary"))
+    };
+    let (original, original_summary) = read(&data);
+    let (shifted, summary) = read(&spliced);
+    assert_eq!(original.len(), shifted.len());
+    for (a, b) in original.iter().zip(&shifted) {
+        assert_eq!(a.gtid, b.gtid);
+        assert_eq!(a.start + u64::from(length), b.start);
+        assert_eq!(a.end + u64::from(length), b.end);
+    }
+    assert_eq!(summary.gtids, original_summary.gtids);
+    assert_eq!(summary.size, original_summary.size + u64::from(length));
+    assert!(summary.is_complete());
+}
+
+#[test]
 fn the_first_event_must_be_a_format_description() {
     let mut data = fixture_bytes("mysql", "binlog.000003");
     data[4 + 4] = event::QUERY_EVENT;

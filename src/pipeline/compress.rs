@@ -6,7 +6,7 @@
 //! and reports a stream that ends mid-frame as an error instead of a silently short result.
 
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -151,28 +151,31 @@ impl<W: Write> Write for CompressWriter<W> {
     }
 }
 
-/// Decompresses what it reads from `R`.
-pub enum DecompressReader<R: Read> {
+/// Decompresses what it reads from `R`, a buffered reader so that the decoders work straight
+/// from its buffer.
+pub enum DecompressReader<R: BufRead> {
     Snappy(snap::read::FrameDecoder<R>),
-    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
-    Lzma(xz2::read::XzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+    Lzma(xz2::bufread::XzDecoder<R>),
     None(R),
 }
 
-impl<R: Read> DecompressReader<R> {
+impl<R: BufRead> DecompressReader<R> {
     pub fn new(inner: R, algorithm: Algorithm) -> io::Result<DecompressReader<R>> {
         Ok(match algorithm {
             Algorithm::Snappy => DecompressReader::Snappy(snap::read::FrameDecoder::new(inner)),
-            Algorithm::Zstd => DecompressReader::Zstd(zstd::stream::read::Decoder::new(inner)?),
+            Algorithm::Zstd => {
+                DecompressReader::Zstd(zstd::stream::read::Decoder::with_buffer(inner)?)
+            }
             Algorithm::Lzma => {
-                DecompressReader::Lzma(xz2::read::XzDecoder::new_multi_decoder(inner))
+                DecompressReader::Lzma(xz2::bufread::XzDecoder::new_multi_decoder(inner))
             }
             Algorithm::None => DecompressReader::None(inner),
         })
     }
 }
 
-impl<R: Read> Read for DecompressReader<R> {
+impl<R: BufRead> Read for DecompressReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let result = match self {
             DecompressReader::Snappy(r) => r.read(buf),

@@ -6,7 +6,7 @@
 //! `finish()`; a writer dropped without it (its thread failed) makes the reader fail, so a
 //! failed stage can never pass for a short but complete stream.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
@@ -98,12 +98,10 @@ impl Write for PipeWriter {
     }
 }
 
-impl Read for PipeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.current.len() {
-            if self.ended {
-                return Ok(0);
-            }
+impl PipeReader {
+    /// Makes sure `current` holds unread bytes, unless the stream has ended.
+    fn refill(&mut self) -> io::Result<()> {
+        while self.position == self.current.len() && !self.ended {
             match self.data.recv() {
                 Ok(Message::Data(chunk)) => {
                     let mut done = std::mem::replace(&mut self.current, chunk);
@@ -122,11 +120,29 @@ impl Read for PipeReader {
                 }
             }
         }
-        let available = &self.current[self.position..];
+        Ok(())
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
         let n = available.len().min(buf.len());
         buf[..n].copy_from_slice(&available[..n]);
-        self.position += n;
+        self.consume(n);
         Ok(n)
+    }
+}
+
+/// Lets decoders read straight from the chunks, without copying them into a buffer of their own.
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.refill()?;
+        Ok(&self.current[self.position..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.position = (self.position + amount).min(self.current.len());
     }
 }
 

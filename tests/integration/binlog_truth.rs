@@ -3,10 +3,12 @@
 //! closed file the reader's transactions (GTID, start and end offsets), transaction count,
 //! starting state and GTID set must equal what `SHOW BINLOG EVENTS IN 'file'` says; the state
 //! after the last file must equal the server's `@@gtid_executed` (MySQL) or
-//! `@@gtid_binlog_state` and `@@gtid_binlog_pos` (MariaDB).
+//! `@@gtid_binlog_state` and `@@gtid_binlog_pos` (MariaDB). A replica's relay logs are checked
+//! the same way against `SHOW RELAYLOG EVENTS`.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use myhoard::binlog::{self, BinlogReader, FileEnd, GtidState, ReadOptions, Tail};
 use myhoard::gtid::{Gtid, GtidSet, MariadbGtidState};
@@ -22,6 +24,16 @@ fn mariadb_reader_matches_the_server() {
 #[test]
 fn mysql_reader_matches_the_server() {
     reader_matches_the_server(Flavor::MySql);
+}
+
+#[test]
+fn mariadb_relay_logs_match_the_server() {
+    relay_logs_match_the_server(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_relay_logs_match_the_server() {
+    relay_logs_match_the_server(Flavor::MySql);
 }
 
 /// One row of `SHOW BINLOG EVENTS`: `Log_name, Pos, Event_type, Server_id, End_log_pos, Info`.
@@ -127,16 +139,7 @@ fn reader_matches_the_server(flavor: Flavor) {
     for (i, path) in files.iter().enumerate() {
         let active = i + 1 == files.len();
         let name = file_name(path);
-        // Info as bytes: MariaDB's Annotate_rows shows statements with binary literals.
-        let raw: Vec<(String, u64, String, u32, u64, Vec<u8>)> =
-            server.query(&format!("SHOW BINLOG EVENTS IN '{name}'"));
-        let rows: Vec<Row> = raw
-            .into_iter()
-            .map(|(file, pos, kind, server_id, end, info)| {
-                let info = String::from_utf8_lossy(&info).into_owned();
-                (file, pos, kind, server_id, end, info)
-            })
-            .collect();
+        let rows = show_events(&server, "SHOW BINLOG EVENTS", &name);
         let want = server_transactions(&rows);
 
         let mut reader =
@@ -284,6 +287,123 @@ fn reader_matches_the_server(flavor: Flavor) {
         assert_eq!(line["gtid_set"], summary.gtids.to_string());
         assert_eq!(line["complete"], true);
     }
+}
+
+/// `SHOW BINLOG EVENTS` or `SHOW RELAYLOG EVENTS` of one file, `Info` read as bytes: MariaDB's
+/// Annotate_rows shows statements with binary literals.
+fn show_events(server: &DbServer, statement: &str, name: &str) -> Vec<Row> {
+    let raw: Vec<(String, u64, String, u32, u64, Vec<u8>)> =
+        server.query(&format!("{statement} IN '{name}'"));
+    raw.into_iter()
+        .map(|(file, pos, kind, server_id, end, info)| {
+            let info = String::from_utf8_lossy(&info).into_owned();
+            (file, pos, kind, server_id, end, info)
+        })
+        .collect()
+}
+
+fn relay_logs_match_the_server(flavor: Flavor) {
+    let Some(source) = DbServer::start(flavor, DbOptions::default()) else {
+        return;
+    };
+    let Some(replica) = DbServer::start(flavor, DbOptions::server_id(2)) else {
+        return;
+    };
+    // Keep applied relay logs, so there is something to read.
+    replica.sql("SET GLOBAL relay_log_purge = OFF");
+    replica.replicate_from(&source);
+    for round in 0..2u64 {
+        let stats = Load::run(&source, Until::Transactions(100), 30 + round).join();
+        assert!(stats.errors.is_empty(), "the load failed: {stats:?}");
+        source.flush_binary_logs();
+    }
+    replica.wait_until_caught_up(&source, Duration::from_secs(300));
+    replica.sql("FLUSH RELAY LOGS");
+
+    let files = replica.relay_log_files();
+    assert!(!files.is_empty(), "no relay logs");
+    let mut relayed = GtidSet::new();
+    let mut n_transactions = 0;
+    for (i, path) in files.iter().enumerate() {
+        let name = file_name(path);
+        let rows = show_events(&replica, "SHOW RELAYLOG EVENTS", &name);
+        // In a relay log End_log_pos is the source's position, so a transaction ends where the
+        // row after its last event starts (or at the end of the file).
+        let size = std::fs::metadata(path).expect("relay log size").len();
+        let mut want = Vec::new();
+        for (j, (_, pos, kind, _, _, info)) in rows.iter().enumerate() {
+            if !is_gtid_row(kind) {
+                continue;
+            }
+            let end = rows[j + 1..]
+                .iter()
+                .find(|row| {
+                    is_gtid_row(&row.2)
+                        || matches!(
+                            row.2.as_str(),
+                            "Rotate"
+                                | "Stop"
+                                | "Binlog_checkpoint"
+                                | "Gtid_list"
+                                | "Previous_gtids"
+                                | "Format_desc"
+                        )
+                })
+                .map_or(size, |row| row.1);
+            let gtid =
+                server_transactions(&[(String::new(), *pos, kind.clone(), 0, end, info.clone())])
+                    .pop()
+                    .and_then(|(gtid, _, _)| gtid);
+            want.push((gtid, *pos, end));
+        }
+        let options = ReadOptions {
+            // The last relay log is still open for writing.
+            tail: if i + 1 == files.len() {
+                Tail::Tolerate
+            } else {
+                Tail::Reject
+            },
+            ..ReadOptions::default()
+        };
+        let mut reader =
+            BinlogReader::open(path, options).unwrap_or_else(|e| panic!("{flavor:?} {name}: {e}"));
+        let mut got = Vec::new();
+        while let Some(transaction) = reader
+            .next_transaction()
+            .unwrap_or_else(|e| panic!("{flavor:?} {name}: {e}"))
+        {
+            got.push((
+                transaction.gtid.as_ref().map(ToString::to_string),
+                transaction.start,
+                transaction.end,
+            ));
+        }
+        let summary = reader
+            .finish()
+            .unwrap_or_else(|e| panic!("{flavor:?} {name}: {e}"));
+        assert_eq!(got, want, "{flavor:?} relay log {name}: transactions");
+        relayed.union_with(&summary.gtids);
+        n_transactions += summary.n_transactions;
+    }
+
+    // Everything the source logged reached the relay logs.
+    let mut logged = GtidSet::new();
+    for path in source.binlog_files() {
+        logged.union_with(
+            &binlog::read_summary(&path, ReadOptions::default())
+                .unwrap_or_else(|e| panic!("{flavor:?} source binlog: {e}"))
+                .gtids,
+        );
+    }
+    assert_eq!(
+        relayed, logged,
+        "{flavor:?}: relay logs vs the source's binlogs"
+    );
+    eprintln!(
+        "{}: {} relay logs, {n_transactions} transactions, agree with the server",
+        flavor.name(),
+        files.len()
+    );
 }
 
 fn file_name(path: &Path) -> String {
