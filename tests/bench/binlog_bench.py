@@ -83,6 +83,8 @@ class Server:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
+        self.proc.kill()
+        self.proc.wait()
         raise SystemExit(f"{flavor} did not start; see {directory}/mysqld.err")
 
     def sql(self, text):
@@ -133,6 +135,14 @@ def small_statements(rng, count, max_id):
 
 def generate(flavor, size_mib, workdir):
     server = Server(flavor, workdir)
+    try:
+        return fill(server, flavor, size_mib)
+    finally:
+        # Also when the load fails: the server must not outlive the script.
+        server.stop()
+
+
+def fill(server, flavor, size_mib):
     rng = random.Random(7)
     server.sql("CREATE DATABASE bench; "
                "CREATE TABLE bench.small (id BIGINT AUTO_INCREMENT PRIMARY KEY, k INT, v VARCHAR(255), n INT, "
@@ -156,7 +166,6 @@ def generate(flavor, size_mib, workdir):
         print(f"  {server.binlog_bytes() / 2**20:.0f} MiB of binlogs after {time.time() - started:.0f} s",
               flush=True)
     server.sql("FLUSH BINARY LOGS;")
-    server.stop()
     return server.binlog_dir
 
 
@@ -188,13 +197,13 @@ def main():
     myhoard = os.path.join(ROOT, "target", "release", "myhoard")
 
     workdir = None
-    if args.dir:
-        binlog_dir = args.dir
-    else:
-        workdir = tempfile.mkdtemp(prefix="myhoard-binlog-bench-")
-        print(f"generating {args.size_mib} MiB of {args.flavor} binlogs in {workdir} ...", flush=True)
-        binlog_dir = generate(args.flavor, args.size_mib, workdir)
     try:
+        if args.dir:
+            binlog_dir = args.dir
+        else:
+            workdir = tempfile.mkdtemp(prefix="myhoard-binlog-bench-")
+            print(f"generating {args.size_mib} MiB of {args.flavor} binlogs in {workdir} ...", flush=True)
+            binlog_dir = generate(args.flavor, args.size_mib, workdir)
         files = sorted(glob.glob(os.path.join(binlog_dir, "binlog.0*")))
         if not files:
             raise SystemExit(f"no binlog.0* files in {binlog_dir}")
