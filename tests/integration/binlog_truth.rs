@@ -68,8 +68,10 @@ fn server_transactions(rows: &[Row]) -> Vec<(Option<String>, u64, u64)> {
             let quoted = info.split('\'').nth(1).expect("quoted gtid");
             (quoted != "ANONYMOUS").then(|| quoted.to_owned())
         } else {
-            // MariaDB: GTID 0-1-5, BEGIN GTID 0-1-5, XA START ... GTID 0-1-5.
-            Some(info.rsplit("GTID ").next().expect("gtid").trim().to_owned())
+            // MariaDB: GTID 0-1-5, BEGIN GTID 0-1-5, XA START ... GTID 0-1-5; transactions that
+            // were group-committed together also carry their commit id: BEGIN GTID 0-1-5 cid=288.
+            let after = info.rsplit("GTID ").next().expect("gtid");
+            Some(after.split_whitespace().next().expect("gtid").to_owned())
         };
         transactions.push((gtid, *pos, last_end));
     }
