@@ -634,7 +634,7 @@ pub struct RawIncremental {
     pub full_backup_week_schedule: Option<String>,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawBackupSite {
@@ -647,18 +647,6 @@ pub struct RawBackupSite {
     /// Absent or 0: the storage's own limit.
     #[serde(default)]
     pub split_size: Option<u64>,
-}
-
-impl fmt::Debug for RawBackupSite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawBackupSite")
-            .field("compression", &self.compression)
-            .field("encryption_keys", &self.encryption_keys)
-            .field("object_storage", &RedactedStorage(&self.object_storage))
-            .field("recovery_only", &self.recovery_only)
-            .field("split_size", &self.split_size)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -879,7 +867,7 @@ impl FromStr for Weekday {
 }
 
 /// One `backup_sites` entry.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SiteConfig {
     pub compression: CompressionSettings,
     pub encryption_keys: EncryptionKeys,
@@ -888,34 +876,6 @@ pub struct SiteConfig {
     pub recovery_only: bool,
     /// Basebackup split size; `None` means the storage's own maximum object size.
     pub split_size: Option<u64>,
-}
-
-// Written by hand because `StorageConfig` derives `Debug` and holds cloud credentials.
-impl fmt::Debug for SiteConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SiteConfig")
-            .field("compression", &self.compression)
-            .field("encryption_keys", &self.encryption_keys)
-            .field("object_storage", &RedactedStorage(&self.object_storage))
-            .field("recovery_only", &self.recovery_only)
-            .field("split_size", &self.split_size)
-            .finish()
-    }
-}
-
-/// Debug-prints a storage config without its credentials: only the local backend, which has
-/// none, is printed in full.
-struct RedactedStorage<'a>(&'a StorageConfig);
-
-impl fmt::Debug for RedactedStorage<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            StorageConfig::Local(local) => local.fmt(f),
-            StorageConfig::S3(_) => f.write_str("S3(<redacted>)"),
-            StorageConfig::Google(_) => f.write_str("Google(<redacted>)"),
-            StorageConfig::Azure(_) => f.write_str("Azure(<redacted>)"),
-        }
-    }
 }
 
 /// A site's RSA key pair, parsed, with the PEM text it came from.

@@ -197,13 +197,28 @@ pub trait ObjectStorage: Send + Sync {
 }
 
 /// Where and how to reach object storage: rohmu's `object_storage` config dict.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+///
+/// Its `Debug` leaves out the cloud backends' settings, which hold credentials, so a config can
+/// be logged whole.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "storage_type", rename_all = "snake_case")]
 pub enum StorageConfig {
     Local(local::LocalConfig),
     S3(s3::S3Config),
     Google(gcs::GcsConfig),
     Azure(azure::AzureConfig),
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The local backend has no secrets; it is printed in full.
+            StorageConfig::Local(local) => f.debug_tuple("Local").field(local).finish(),
+            StorageConfig::S3(_) => f.write_str("S3(<redacted>)"),
+            StorageConfig::Google(_) => f.write_str("Google(<redacted>)"),
+            StorageConfig::Azure(_) => f.write_str("Azure(<redacted>)"),
+        }
+    }
 }
 
 impl StorageConfig {
