@@ -653,10 +653,6 @@ impl ObjectStorage for AzureStorage {
         multipart::upload(&sink, key, body, self.block_size, &self.retry)
     }
 
-    fn get_from(&self, key: &str, offset: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
-        self.get_range(key, offset, u64::MAX, out)
-    }
-
     fn get_range(
         &self,
         key: &str,

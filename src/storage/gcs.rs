@@ -875,10 +875,6 @@ impl ObjectStorage for GcsStorage {
         multipart::upload(&sink, key, body, self.chunk_size, &self.retry)
     }
 
-    fn get_from(&self, key: &str, offset: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
-        self.get_range(key, offset, u64::MAX, out)
-    }
-
     fn get_range(
         &self,
         key: &str,

@@ -166,11 +166,6 @@ pub trait ObjectStorage: Send + Sync {
     /// failed or interrupted put never leaves a short object behind.
     fn put(&self, key: &str, body: &mut dyn Read, metadata: &Metadata) -> Result<u64>;
 
-    /// Writes the object's bytes from `offset` on into `out`, returning how many were written.
-    /// `offset` 0 is a plain download; a non-zero offset resumes an interrupted one. An offset at
-    /// or past the end writes nothing and succeeds.
-    fn get_from(&self, key: &str, offset: u64, out: &mut (dyn Write + Send)) -> Result<u64>;
-
     /// Writes bytes `start..end` (end exclusive, clamped to the object size) into `out`. A range
     /// starting at or past the end writes nothing and succeeds.
     fn get_range(
@@ -189,6 +184,13 @@ pub trait ObjectStorage: Send + Sync {
 
     /// Deletes one object; `NotFound` when there was none.
     fn delete(&self, key: &str) -> Result<()>;
+
+    /// Writes the object's bytes from `offset` on into `out`, returning how many were written.
+    /// `offset` 0 is a plain download; a non-zero offset resumes an interrupted one. An offset at
+    /// or past the end writes nothing and succeeds.
+    fn get_from(&self, key: &str, offset: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
+        self.get_range(key, offset, u64::MAX, out)
+    }
 
     /// Writes the whole object into `out`.
     fn get(&self, key: &str, out: &mut (dyn Write + Send)) -> Result<u64> {

@@ -420,10 +420,6 @@ impl ObjectStorage for S3Storage {
         multipart::upload(&sink, key, body, self.part_size, &self.retry)
     }
 
-    fn get_from(&self, key: &str, offset: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
-        self.get_range(key, offset, u64::MAX, out)
-    }
-
     fn get_range(
         &self,
         key: &str,
