@@ -46,10 +46,13 @@
 //!   branches on a server version.
 //! - Each error is logged once, where it is handled; lower layers return typed errors.
 
+pub mod backup_stream;
 pub mod binlog;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod gtid;
+pub mod mysqld;
 pub mod pipeline;
+pub mod state;
 pub mod storage;
