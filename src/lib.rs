@@ -47,12 +47,22 @@
 //! - Each error is logged once, where it is handled; lower layers return typed errors.
 
 pub mod backup_stream;
+pub mod basebackup;
 pub mod binlog;
+pub mod binlog_scanner;
 pub mod cli;
 pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod db;
 pub mod gtid;
+pub mod http;
+pub mod logging;
 pub mod mysqld;
 pub mod pipeline;
+pub mod purge;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
 pub mod state;
 pub mod storage;

@@ -105,12 +105,17 @@ fn run(command: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pids whose command line starts with `command`.
+/// Pids of servers started by `command`: processes whose arguments include every argument of
+/// `command` after the program, and one of which names a mysqld or mariadbd binary. (A wrapper
+/// script in `start_command` may exec the server under another program name, such as a
+/// dynamic loader, keeping the arguments.)
 fn find_processes(command: &[String]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let own = std::process::id();
+    let wanted: Vec<&[u8]> = command.iter().skip(1).map(|a| a.as_bytes()).collect();
+    let program = command.first().map(|p| p.as_bytes());
     entries
         .filter_map(|entry| {
             let entry = entry.ok()?;
@@ -123,12 +128,12 @@ fn find_processes(command: &[String]) -> Vec<u32> {
                 .split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
                 .collect();
-            let matches = args.len() >= command.len()
-                && command
-                    .iter()
-                    .zip(&args)
-                    .all(|(want, have)| want.as_bytes() == *have);
-            matches.then_some(pid)
+            let names_server = args.iter().any(|arg| {
+                let name = arg.rsplit(|b| *b == b'/').next().unwrap_or(arg);
+                Some(*arg) == program || name == b"mysqld" || name == b"mariadbd"
+            });
+            let has_all = wanted.iter().all(|want| args.contains(want));
+            (names_server && has_all && is_alive(pid)).then_some(pid)
         })
         .collect()
 }

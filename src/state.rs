@@ -301,9 +301,8 @@ mod tests {
         write_json(&path, &Entry { n: 7 }).unwrap();
         assert_eq!(read_json::<Entry>(&path).unwrap(), Some(Entry { n: 7 }));
         assert!(!dir.path().join("state.json.tmp").exists());
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &fs::metadata(&path).unwrap().permissions(),
-        );
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -340,7 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("list");
         let mut list = AppendOnlyList::<Entry>::open(&path).unwrap();
-        list.append((0..1200).map(|n| Entry { n }).collect()).unwrap();
+        list.append((0..1200).map(|n| Entry { n }).collect())
+            .unwrap();
         for _ in 0..11 {
             list.remove_head(100).unwrap();
         }

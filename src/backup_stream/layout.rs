@@ -226,6 +226,10 @@ pub struct BasebackupInfo {
     /// Ours: `xbstream` or `tar`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_format: Option<String>,
+    /// Ours: `SELECT VERSION()` of the source, so a restore knows the flavour before the
+    /// restored server runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
     /// Ours: the compression of the snapshot objects (encrypted in rohmu's format).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_algorithm: Option<String>,
@@ -458,12 +462,7 @@ mod tests {
         for case in cases {
             let binlogs = case.binlogs.iter().map(|&(i, s)| binlog(i, s)).collect();
             let result = valid_binlog_sequence(binlogs, &case.promotions);
-            assert_eq!(
-                result.map(|r| indexes(&r)),
-                case.expected,
-                "{}",
-                case.name
-            );
+            assert_eq!(result.map(|r| indexes(&r)), case.expected, "{}", case.name);
         }
     }
 }

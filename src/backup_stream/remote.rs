@@ -170,9 +170,8 @@ pub fn list_site_backups(
             .map(|m| m.closed_at);
         let broken_at =
             layout::parse_json_metadata::<BrokenMarker>(marker(BROKEN_NAME)).map(|m| m.broken_at);
-        let preserve_until =
-            layout::parse_json_metadata::<PreservedMarker>(marker(PRESERVED_NAME))
-                .and_then(|m| m.preserve_until);
+        let preserve_until = layout::parse_json_metadata::<PreservedMarker>(marker(PRESERVED_NAME))
+            .and_then(|m| m.preserve_until);
         backups.push(BackupEntry {
             basebackup_info: info,
             broken_at,
@@ -210,7 +209,8 @@ pub fn list_remote_binlogs(
             let Some((index, server_id)) = layout::parse_binlog_name(&object.key) else {
                 continue;
             };
-            let Some(mut info) = layout::parse_json_metadata::<BinlogInfo>(object.metadata.as_ref())
+            let Some(mut info) =
+                layout::parse_json_metadata::<BinlogInfo>(object.metadata.as_ref())
             else {
                 log::warn!("{}: binlog object without usable metadata", object.key);
                 continue;

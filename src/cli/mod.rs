@@ -18,6 +18,7 @@ use crate::pipeline::{Algorithm, CompressionSettings};
 
 const USAGE: &str = "\
 usage:
+  myhoard run --config PATH [--log-level LEVEL]      (also: myhoard --config PATH)
   myhoard validate-config --config PATH
   myhoard storage ls  --config PATH [--site NAME] [--deep] [--json] [PREFIX]
   myhoard storage get --config PATH [--site NAME] [--raw] [--compression ALG] KEY [OUTPUT|-]
@@ -50,9 +51,10 @@ pub fn main() -> ExitCode {
     // rust-s3 pulls in rustls' aws-lc-rs provider while ureq and mysql use ring; with two
     // providers compiled in rustls cannot pick one by itself and would panic on first use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    crate::logging::init(runs_daemon(&args), log_level_argument(&args).as_deref());
 
-    match run(std::env::args_os().skip(1).collect()) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<InvalidConfig>() => ExitCode::from(2),
         Err(err) if err.is::<UsageError>() => {
@@ -153,7 +155,38 @@ fn string(value: OsString) -> Result<String> {
         .map_err(|value| usage(format!("argument {value:?} is not valid UTF-8")))
 }
 
+/// Whether the arguments start the daemon: `run ...`, or MyHoard's `--config PATH` form.
+fn runs_daemon(args: &[OsString]) -> bool {
+    args.first().is_some_and(|first| {
+        let first = first.to_string_lossy();
+        first == "run" || first.starts_with("--config") || first.starts_with("--log-level")
+    })
+}
+
+/// `--log-level LEVEL` (MyHoard's option), if given.
+fn log_level_argument(args: &[OsString]) -> Option<String> {
+    let mut args = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = args.next() {
+        if let Some(level) = arg.strip_prefix("--log-level=") {
+            return Some(level.to_owned());
+        }
+        if arg == "--log-level" {
+            return args.next();
+        }
+    }
+    None
+}
+
 fn run(args: Vec<OsString>) -> Result<()> {
+    if args
+        .first()
+        .is_some_and(|first| first.to_string_lossy().starts_with("--config"))
+        || args
+            .first()
+            .is_some_and(|first| first.to_string_lossy().starts_with("--log-level"))
+    {
+        return run_daemon(lexopt::Parser::from_args(args));
+    }
     let mut parser = lexopt::Parser::from_args(args);
     let command = match parser.next()? {
         Some(Value(command)) => string(command)?,
@@ -169,6 +202,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         None => return Err(usage("no command given")),
     };
     match command.as_str() {
+        "run" => run_daemon(parser),
         "validate-config" => validate_config(parser),
         "storage" => {
             let sub = match parser.next()? {
@@ -195,6 +229,24 @@ fn run(args: Vec<OsString>) -> Result<()> {
         }
         other => Err(usage(format!("unknown command {other:?}"))),
     }
+}
+
+fn run_daemon(mut parser: lexopt::Parser) -> Result<()> {
+    let mut common = Common::default();
+    while let Some(opt) = Opt::next(&mut parser)? {
+        if common.take(&opt, &mut parser)? {
+            continue;
+        }
+        match opt {
+            // Read before the logger started (`log_level_argument`); skipped here.
+            Opt::Long(name) if name == "log-level" => {
+                parser.value()?;
+            }
+            other => return Err(usage(other.unexpected().to_string())),
+        }
+    }
+    let config = common.load_config()?;
+    crate::daemon::run(config)
 }
 
 fn validate_config(mut parser: lexopt::Parser) -> Result<()> {

@@ -7,10 +7,14 @@
 //! Run with `cargo nextest run --test integration` (`.config/nextest.toml` bounds the concurrency
 //! of server-heavy tests and kills hung ones).
 
+mod backup_daemon;
+mod basebackup;
 mod binlog_truth;
 mod db_client;
 mod db_servers;
 mod harness;
+mod restore_apply;
+mod restore_daemon;
 mod rohmu_compat;
 mod storage_cli;
 mod storage_conformance;

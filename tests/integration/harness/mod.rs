@@ -12,6 +12,7 @@
 //! `tests/install-test-deps.sh`), then in `PATH`.
 
 pub mod azurite;
+pub mod daemon;
 pub mod db;
 pub mod fake_gcs;
 pub mod load;

@@ -1,0 +1,1160 @@
+//! The restore coordinator: MyHoard's restore phases, run on the `restore` task thread.
+//!
+//! `getting_backup_info` → `initiating_binlog_downloads` → `restoring_basebackup` (download,
+//! decrypt, decompress, unpack, prepare, move into the data directory) → `refreshing_binlogs`
+//! → `applying_binlogs` ⇄ `waiting_for_apply_to_finish` → `finalizing` → `completed`; or
+//! `failed`. The phase and everything needed to resume are in `restore_coordinator_state.json`,
+//! written before each step acts, so a `kill -9` of the daemon resumes at the stored phase (a
+//! snapshot restore starts over from the download; a batch being applied is applied on from
+//! where the server's applier stands).
+//!
+//! Binlogs are fetched by a pool of `downloader-N` threads into the relay log directory
+//! (`<relay prefix>.prefetch.<index>`); the bytes downloaded, downloading and being applied
+//! never exceed `restore_max_binlog_bytes` (at least one file is always allowed, as in
+//! MyHoard). The server's applier deletes relay logs once applied.
+//!
+//! Every phase is retried with backoff after an error; an integrity failure (a tampered or
+//! corrupted object) is never retried: the restore fails with that reason.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::apply::{
+    self, ApplyState, BatchFile, BinlogFile, PlannedFile, Progress, RestoreTarget, StopPlanner,
+};
+use crate::backup_stream::layout::{self, BasebackupInfo, BinlogInfo};
+use crate::backup_stream::remote;
+use crate::basebackup::{self, RestoreSnapshotJob};
+use crate::controller::Context;
+use crate::controller::state::RestoreOptions;
+use crate::db::{Client, Flavor};
+use crate::gtid::Gtid;
+use crate::mysqld::{self, ServerOptions};
+use crate::pipeline::{self, compress::Algorithm};
+use crate::state as state_files;
+
+pub const STATE_FILE: &str = "restore_coordinator_state.json";
+const MAX_BASEBACKUP_ERRORS: u32 = 4;
+const MAX_DOWNLOAD_FAILURES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    GettingBackupInfo,
+    InitiatingBinlogDownloads,
+    RestoringBasebackup,
+    PreparingBackup,
+    RefreshingBinlogs,
+    ApplyingBinlogs,
+    WaitingForApplyToFinish,
+    Finalizing,
+    Completed,
+    Failed,
+    FailedBasebackup,
+    BrokenBasebackup,
+}
+
+/// `restore_coordinator_state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreState {
+    pub phase: Phase,
+    pub options: RestoreOptions,
+    pub basebackup_info: Option<BasebackupInfo>,
+    pub basebackup_restore_errors: u32,
+    pub basebackup_compressed_bytes_downloaded: u64,
+    pub basebackup_compressed_bytes_total: u64,
+    pub basebackup_prepare_progress: Option<f64>,
+    /// The binlogs to replay, in order (fenced and gapless), with `remote_*` fields.
+    pub binlogs: Vec<BinlogInfo>,
+    /// How many of `binlogs` are applied.
+    pub binlogs_restored: usize,
+    /// How many of `binlogs` (after the applied ones) are in the batch being applied.
+    pub applying: usize,
+    pub apply: Option<ApplyState>,
+    /// The batch handed to the applier, kept so a crash in the middle of handing it over can
+    /// hand over the same batch again.
+    pub batch: Vec<BatchRecord>,
+    /// The target lies within the binlogs planned so far: nothing after them is needed.
+    pub target_reached: bool,
+    pub server_options: Option<ServerOptions>,
+    pub errors: u32,
+    pub failure: Option<String>,
+    pub file_fail_counters: BTreeMap<u64, u32>,
+}
+
+/// One file of the batch being applied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub path: PathBuf,
+    pub plan: PlannedFile,
+}
+
+/// How a restore ended.
+#[derive(Debug, Clone)]
+pub enum RestoreOutcome {
+    Completed,
+    Failed(String),
+}
+
+/// The controller's view of a running restore.
+pub struct RestoreHandle {
+    status: Arc<Mutex<RestoreState>>,
+    force: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    outcome: Receiver<RestoreOutcome>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RestoreHandle {
+    /// `GET /status/restore`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let state = match self.status.lock() {
+            Ok(state) => state.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let pending = state
+            .binlogs
+            .len()
+            .saturating_sub(state.binlogs_restored + state.applying);
+        json!({
+            "basebackup_compressed_bytes_downloaded": state.basebackup_compressed_bytes_downloaded,
+            "basebackup_compressed_bytes_total": state.basebackup_compressed_bytes_total,
+            "basebackup_prepare_progress": state.basebackup_prepare_progress,
+            "binlogs_being_restored": state.applying,
+            "binlogs_pending": pending,
+            "binlogs_restored": state.binlogs_restored,
+            "phase": state.phase,
+            "current_backup_name": state.options.stream_id,
+            "current_backup_incremental": false,
+            "restore_chain_index": 1,
+            "restore_chain_total": 1,
+            "failure_reason": state.failure,
+        })
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.status
+            .lock()
+            .map(|s| s.phase == Phase::Completed)
+            .unwrap_or(false)
+    }
+
+    /// `force`: stop applying at the current batch and finish; only while a batch is applied.
+    pub fn force_complete(&self) -> bool {
+        let applying = self
+            .status
+            .lock()
+            .map(|s| s.phase == Phase::WaitingForApplyToFinish)
+            .unwrap_or(false);
+        if applying {
+            self.force.store(true, Ordering::SeqCst);
+        }
+        applying
+    }
+
+    pub fn poll_outcome(&self) -> Option<RestoreOutcome> {
+        self.outcome.try_recv().ok()
+    }
+
+    /// Stops the thread at its next safe point and waits for it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the restore thread panicked");
+        }
+    }
+}
+
+/// Deletes a previous restore's state (a new restore was requested).
+pub fn clear_state(ctx: &Context) -> anyhow::Result<()> {
+    state_files::remove(&ctx.state_path(STATE_FILE))?;
+    Ok(())
+}
+
+/// Starts (or resumes) the restore described by `options`.
+pub fn start(ctx: Arc<Context>, options: RestoreOptions) -> anyhow::Result<RestoreHandle> {
+    let path = ctx.state_path(STATE_FILE);
+    let state = match state_files::read_json::<RestoreState>(&path)? {
+        Some(state) if state.options == options => state,
+        _ => RestoreState {
+            phase: Phase::GettingBackupInfo,
+            options,
+            basebackup_info: None,
+            basebackup_restore_errors: 0,
+            basebackup_compressed_bytes_downloaded: 0,
+            basebackup_compressed_bytes_total: 0,
+            basebackup_prepare_progress: None,
+            binlogs: Vec::new(),
+            binlogs_restored: 0,
+            applying: 0,
+            apply: None,
+            batch: Vec::new(),
+            target_reached: false,
+            server_options: None,
+            errors: 0,
+            failure: None,
+            file_fail_counters: BTreeMap::new(),
+        },
+    };
+    let status = Arc::new(Mutex::new(state.clone()));
+    let force = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (outcome_tx, outcome_rx) = crossbeam_channel::bounded(1);
+    let mut coordinator = Coordinator {
+        ctx,
+        state,
+        path,
+        status: Arc::clone(&status),
+        force: Arc::clone(&force),
+        stop: Arc::clone(&stop),
+        downloads: None,
+        flavor: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("restore".into())
+        .spawn(move || {
+            let outcome = coordinator.run();
+            if let Some(outcome) = outcome {
+                let _ = outcome_tx.send(outcome);
+            }
+        })?;
+    Ok(RestoreHandle {
+        status,
+        force,
+        stop,
+        outcome: outcome_rx,
+        thread: Some(thread),
+    })
+}
+
+struct Coordinator {
+    ctx: Arc<Context>,
+    state: RestoreState,
+    path: PathBuf,
+    status: Arc<Mutex<RestoreState>>,
+    force: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    downloads: Option<Downloads>,
+    flavor: Option<Flavor>,
+}
+
+/// A failure that retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Permanent(String);
+
+impl Coordinator {
+    /// Runs phases until completed, failed or stopped (`None`).
+    fn run(&mut self) -> Option<RestoreOutcome> {
+        log::info!(
+            "restoring backup {} of site {} from phase {:?}",
+            self.state.options.stream_id,
+            self.state.options.site,
+            self.state.phase
+        );
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            match self.state.phase {
+                Phase::Completed => return Some(RestoreOutcome::Completed),
+                Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup => {
+                    return Some(RestoreOutcome::Failed(
+                        self.state.failure.clone().unwrap_or_default(),
+                    ));
+                }
+                _ => {}
+            }
+            let phase = self.state.phase;
+            match self.step() {
+                Ok(()) => self.state.errors = 0,
+                Err(err) => {
+                    let permanent = is_permanent(&err);
+                    self.state.errors += 1;
+                    let message = format!("{err:#}");
+                    if permanent {
+                        log::error!("restore failed in phase {phase:?}: {message}");
+                        self.state.failure = Some(message);
+                        self.state.phase = match phase {
+                            Phase::RestoringBasebackup | Phase::PreparingBackup => {
+                                Phase::FailedBasebackup
+                            }
+                            _ => Phase::Failed,
+                        };
+                        self.save();
+                        continue;
+                    }
+                    if matches!(phase, Phase::RestoringBasebackup | Phase::PreparingBackup) {
+                        self.state.basebackup_restore_errors += 1;
+                        if self.state.basebackup_restore_errors >= MAX_BASEBACKUP_ERRORS {
+                            log::error!(
+                                "restoring the snapshot failed {MAX_BASEBACKUP_ERRORS} times: {message}"
+                            );
+                            self.state.failure = Some(message);
+                            self.state.phase = Phase::FailedBasebackup;
+                            self.save();
+                            continue;
+                        }
+                    }
+                    self.state.failure = Some(message.clone());
+                    let backoff = Duration::from_secs_f64(
+                        1.5f64.powi(self.state.errors.min(12) as i32).min(60.0),
+                    );
+                    log::error!(
+                        "restore phase {phase:?} failed (attempt {}), retrying in {backoff:?}: \
+                         {message}",
+                        self.state.errors
+                    );
+                    self.save();
+                    self.sleep(backoff);
+                }
+            }
+        }
+    }
+
+    fn sleep(&self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn save(&self) {
+        if let Err(err) = state_files::write_json(&self.path, &self.state) {
+            log::error!("saving restore state: {err}");
+        }
+        if let Ok(mut status) = self.status.lock() {
+            *status = self.state.clone();
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        log::info!("restore phase {:?} → {phase:?}", self.state.phase);
+        self.state.phase = phase;
+        self.state.failure = None;
+        self.save();
+    }
+
+    fn site(&self) -> anyhow::Result<&crate::controller::SiteHandle> {
+        self.ctx.sites.get(&self.state.options.site).ok_or_else(|| {
+            anyhow!(Permanent(format!(
+                "unknown site {}",
+                self.state.options.site
+            )))
+        })
+    }
+
+    fn stream_prefix(&self) -> String {
+        layout::stream_prefix(&self.state.options.site, &self.state.options.stream_id)
+    }
+
+    fn step(&mut self) -> anyhow::Result<()> {
+        match self.state.phase {
+            Phase::GettingBackupInfo => self.get_backup_info(),
+            Phase::InitiatingBinlogDownloads => {
+                self.refresh_binlogs()?;
+                self.set_phase(Phase::RestoringBasebackup);
+                Ok(())
+            }
+            Phase::RestoringBasebackup | Phase::PreparingBackup => self.restore_basebackup(),
+            Phase::RefreshingBinlogs => {
+                self.refresh_binlogs()?;
+                self.start_server_for_apply()?;
+                self.set_phase(if self.state.binlogs.is_empty() {
+                    Phase::Finalizing
+                } else {
+                    Phase::ApplyingBinlogs
+                });
+                Ok(())
+            }
+            Phase::ApplyingBinlogs => self.apply_next_batch(),
+            Phase::WaitingForApplyToFinish => self.wait_for_apply(),
+            Phase::Finalizing => self.finalize(),
+            Phase::Completed
+            | Phase::Failed
+            | Phase::FailedBasebackup
+            | Phase::BrokenBasebackup => Ok(()),
+        }
+    }
+
+    fn get_backup_info(&mut self) -> anyhow::Result<()> {
+        let site = self.site()?;
+        let storage = Arc::clone(&site.storage);
+        let prefix = self.stream_prefix();
+        let info: BasebackupInfo = remote::read_json_object(
+            storage.as_ref(),
+            &format!("{prefix}/{}", layout::BASEBACKUP_INFO_NAME),
+        )?;
+        match storage.head(&format!("{prefix}/{}", layout::BROKEN_NAME)) {
+            Ok(_) => {
+                self.state.failure = Some("the backup is marked broken".to_owned());
+                self.set_phase(Phase::BrokenBasebackup);
+                return Ok(());
+            }
+            Err(err) if err.kind() == crate::storage::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
+        }
+        if info.uploaded_from == self.ctx.config.server_id {
+            bail!(Permanent(format!(
+                "this server's server_id {} is the backup source's: a restored server needs its \
+                 own server_id, or its applier skips every replayed transaction",
+                info.uploaded_from
+            )));
+        }
+        self.state.basebackup_compressed_bytes_total = info.compressed_size;
+        self.state.basebackup_info = Some(info);
+        self.set_phase(Phase::InitiatingBinlogDownloads);
+        Ok(())
+    }
+
+    fn target(&self) -> anyhow::Result<RestoreTarget> {
+        let options = &self.state.options;
+        Ok(match (&options.target_gtid, options.target_time) {
+            (Some(gtid), _) => RestoreTarget::Gtid(
+                gtid.parse::<Gtid>()
+                    .map_err(|e| anyhow!(Permanent(format!("target GTID {gtid}: {e}"))))?,
+            ),
+            (None, Some(epoch)) => RestoreTarget::time(epoch, options.target_time_approximate_ok)
+                .ok_or_else(|| {
+                anyhow!(Permanent(format!("target time {epoch} is out of range")))
+            })?,
+            (None, None) => RestoreTarget::Latest,
+        })
+    }
+
+    /// Lists the stream's binlogs from the snapshot on and keeps those the target needs.
+    /// Binlogs already applied stay as they are; only new ones are appended.
+    fn refresh_binlogs(&mut self) -> anyhow::Result<()> {
+        let info = self
+            .state
+            .basebackup_info
+            .clone()
+            .context("no snapshot info")?;
+        let site = self.site()?;
+        let storage = Arc::clone(&site.storage);
+        let all = remote::valid_remote_binlogs(storage.as_ref(), &self.stream_prefix())?;
+        let target = self.target()?;
+        let needed = binlogs_needed(all, &info, &target);
+        let known = self.state.binlogs.len();
+        if needed.len() > known {
+            log::info!(
+                "{} binlogs to replay ({} new)",
+                needed.len(),
+                needed.len() - known
+            );
+            self.state.binlogs.extend(needed.into_iter().skip(known));
+            self.save();
+        }
+        Ok(())
+    }
+
+    fn restore_basebackup(&mut self) -> anyhow::Result<()> {
+        let info = self
+            .state
+            .basebackup_info
+            .clone()
+            .context("no snapshot info")?;
+        let site = self.site()?;
+        let storage = Arc::clone(&site.storage);
+        let private_key = site.private_key.clone();
+        let ctx = Arc::clone(&self.ctx);
+        let config = &ctx.config;
+        mysqld::stop(&config.mysqld).context("stopping mysqld before the snapshot restore")?;
+        wipe_server_files(config)?;
+        self.set_phase(Phase::RestoringBasebackup);
+        let work_dir = config.temporary_directory.join("myhoard-restore");
+        if work_dir.exists() {
+            std::fs::remove_dir_all(&work_dir)
+                .with_context(|| format!("removing {}", work_dir.display()))?;
+        }
+        let algorithm: Algorithm = info
+            .compression_algorithm
+            .as_deref()
+            .unwrap_or("snappy")
+            .parse()
+            .map_err(|e| anyhow!(Permanent(format!("snapshot compression: {e}"))))?;
+        let status = Arc::clone(&self.status);
+        let progress = move |progress: &basebackup::RestoreProgress| {
+            if let Ok(mut status) = status.lock() {
+                status.basebackup_compressed_bytes_downloaded = progress.downloaded_bytes;
+                status.basebackup_prepare_progress = progress.prepare_percent;
+                if progress.prepare_percent.is_some() {
+                    status.phase = Phase::PreparingBackup;
+                }
+            }
+        };
+        let tool = info
+            .snapshot_tool
+            .as_deref()
+            .unwrap_or("xtrabackup")
+            .parse()
+            .map_err(|e| anyhow!(Permanent(format!("snapshot tool: {e}"))))?;
+        let job = RestoreSnapshotJob {
+            tool,
+            number_of_splits: info.number_of_splits,
+            storage: storage.as_ref(),
+            key_prefix: &self.stream_prefix(),
+            algorithm,
+            private_key: Some(&private_key),
+            config,
+            work_dir: &work_dir,
+            cancel: &self.stop,
+            progress: &progress,
+        };
+        let restored = basebackup::restore_snapshot(&job).map_err(|err| {
+            if matches!(err, basebackup::Error::Integrity { .. }) {
+                anyhow!(Permanent(format!("snapshot integrity check failed: {err}")))
+            } else {
+                anyhow!(err)
+            }
+        })?;
+        log::info!(
+            "snapshot restored into {}: {restored:?}",
+            config.mysql.data_directory.display()
+        );
+        self.state.basebackup_compressed_bytes_downloaded = info.compressed_size;
+        self.state.basebackup_prepare_progress = Some(100.0);
+        self.set_phase(Phase::RefreshingBinlogs);
+        Ok(())
+    }
+
+    fn connect(&mut self) -> anyhow::Result<Client> {
+        let client = Client::connect(&self.ctx.config.mysql.client_params)?;
+        self.flavor = Some(client.flavor());
+        Ok(client)
+    }
+
+    fn flavor(&mut self) -> anyhow::Result<Flavor> {
+        if let Some(flavor) = self.flavor {
+            return Ok(flavor);
+        }
+        Ok(self.connect()?.flavor())
+    }
+
+    /// Starts the server the way the applier needs it, once (the options are persisted, so a
+    /// resumed restore does not restart a server that already runs with them).
+    fn start_server_for_apply(&mut self) -> anyhow::Result<()> {
+        let info = self
+            .state
+            .basebackup_info
+            .clone()
+            .context("no snapshot info")?;
+        let config = &self.ctx.config;
+        let flavor = info
+            .server_version
+            .as_deref()
+            .context("the backup does not record its server version")
+            .and_then(|version| Ok(Flavor::parse(version)?))
+            .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?;
+        self.flavor = Some(flavor);
+        let options = ServerOptions {
+            with_binlog: flavor.is_mariadb(),
+            with_gtids: true,
+            options: apply::apply_mysqld_options(
+                flavor,
+                config.server_id,
+                info.uploaded_from,
+                &config.mysql.relay_log_prefix,
+                &config.mysql.relay_log_index_file,
+            )
+            .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?,
+        };
+        if self.state.server_options.as_ref() != Some(&options) {
+            mysqld::restart(&config.mysqld, &config.mysql.client_params, &options)?;
+            self.state.server_options = Some(options);
+            self.save();
+        }
+        let mut apply_state = self.state.apply.clone().unwrap_or_else(|| {
+            ApplyState::new(
+                config.mysql.relay_log_prefix.clone(),
+                config.mysql.relay_log_index_file.clone(),
+            )
+        });
+        if !apply_state.prepared {
+            let mut client = self.connect()?;
+            let mut save = self.saver();
+            apply::prepare_server(
+                &mut client,
+                &mut apply_state,
+                &info.gtid_executed,
+                &mut save,
+            )?;
+            self.state.apply = Some(apply_state);
+            self.save();
+        }
+        Ok(())
+    }
+
+    /// The persistence callback the applier steps take: the whole restore state with the
+    /// applier's part replaced.
+    fn saver(&self) -> impl FnMut(&ApplyState) -> std::io::Result<()> + use<> {
+        let mut snapshot = self.state.clone();
+        let path = self.path.clone();
+        move |apply: &ApplyState| {
+            snapshot.apply = Some(apply.clone());
+            state_files::write_json(&path, &snapshot).map_err(std::io::Error::other)
+        }
+    }
+
+    fn downloads(&mut self) -> anyhow::Result<&mut Downloads> {
+        if self.downloads.is_none() {
+            let site = self.site()?;
+            self.downloads = Some(Downloads::start(
+                Arc::clone(&site.storage),
+                site.private_key.clone(),
+                self.ctx.config.restore.download_workers,
+                self.ctx.config.mysql.relay_log_prefix.clone(),
+            )?);
+        }
+        self.downloads
+            .as_mut()
+            .ok_or_else(|| anyhow!("downloader pool missing"))
+    }
+
+    /// Queues downloads within the disk budget and returns the files downloaded so far, in
+    /// order, from the first not yet applied.
+    fn prefetch(&mut self) -> anyhow::Result<Vec<(BinlogInfo, PathBuf)>> {
+        let budget = self.ctx.config.restore.max_binlog_bytes;
+        let first = self.state.binlogs_restored + self.state.applying;
+        let wanted: Vec<BinlogInfo> = self.state.binlogs[first..].to_vec();
+        let applying_bytes: u64 = self.state.binlogs[self.state.binlogs_restored..first]
+            .iter()
+            .map(|b| b.file_size)
+            .sum();
+        let downloads = self.downloads()?;
+        downloads.collect_results()?;
+        let mut used = applying_bytes + downloads.bytes_held();
+        for binlog in &wanted {
+            let index = binlog.remote_index.unwrap_or(0);
+            if downloads.is_known(index) {
+                continue;
+            }
+            // At least one file is always allowed, as in MyHoard.
+            if used > 0 && used + binlog.file_size > budget {
+                break;
+            }
+            used += binlog.file_size;
+            downloads.queue(binlog.clone())?;
+        }
+        let mut ready = Vec::new();
+        for binlog in wanted {
+            match downloads.ready_path(binlog.remote_index.unwrap_or(0)) {
+                Some(path) => ready.push((binlog, path)),
+                None => break,
+            }
+        }
+        Ok(ready)
+    }
+
+    fn apply_next_batch(&mut self) -> anyhow::Result<()> {
+        let mut apply_state = self.state.apply.clone().context("apply not prepared")?;
+        if apply_state.batch.is_some() && !self.state.batch.is_empty() {
+            // A crash while handing the batch over: hand the same batch over again.
+            return self.hand_over(apply_state);
+        }
+        if self.state.binlogs_restored >= self.state.binlogs.len() {
+            if !self.state.target_reached && self.state.options.target_time.is_none() {
+                self.refresh_binlogs()?;
+            }
+            if self.state.binlogs_restored >= self.state.binlogs.len() {
+                self.set_phase(Phase::Finalizing);
+            }
+            return Ok(());
+        }
+        let ready = self.prefetch()?;
+        if ready.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(());
+        }
+        let flavor = self.flavor()?;
+        let info = self
+            .state
+            .basebackup_info
+            .clone()
+            .context("no snapshot info")?;
+        let mut planner =
+            StopPlanner::new(flavor, apply_state.applied_gtids.clone(), self.target()?)
+                .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?;
+        let mut batch = Vec::new();
+        let mut consumed = 0;
+        for (binlog, path) in &ready {
+            if planner.is_reached() {
+                break;
+            }
+            let position = self.state.binlogs_restored + consumed;
+            let start_pos = if position == 0 {
+                info.binlog_position.unwrap_or(4)
+            } else {
+                4
+            };
+            let plan = planner
+                .plan_file(&BinlogFile {
+                    path: path.clone(),
+                    source_file: binlog.file_name.clone(),
+                    start_pos,
+                })
+                .map_err(|e| anyhow!(Permanent(format!("{}: {e:#}", binlog.file_name))))?;
+            consumed += 1;
+            if plan.is_applied() {
+                batch.push(BatchRecord {
+                    path: path.clone(),
+                    plan,
+                });
+            } else {
+                log::info!("{}: nothing to apply from it", binlog.file_name);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let reached = planner.is_reached();
+        let downloads = self.downloads()?;
+        for (binlog, _) in ready.iter().take(consumed) {
+            downloads.handed_over(binlog.remote_index.unwrap_or(0));
+        }
+        if reached {
+            self.state.target_reached = true;
+        }
+        if batch.is_empty() {
+            self.state.binlogs_restored += consumed;
+            if reached {
+                self.drop_unneeded_binlogs();
+            }
+            self.save();
+            return Ok(());
+        }
+        self.state.applying = consumed;
+        self.state.batch = batch;
+        self.save();
+        apply_state = self.state.apply.clone().context("apply not prepared")?;
+        self.hand_over(apply_state)
+    }
+
+    fn hand_over(&mut self, mut apply_state: ApplyState) -> anyhow::Result<()> {
+        let files: Vec<BatchFile> = self
+            .state
+            .batch
+            .iter()
+            .map(|record| BatchFile {
+                path: record.path.clone(),
+                plan: record.plan.clone(),
+            })
+            .collect();
+        let mut client = self.connect()?;
+        let mut save = self.saver();
+        apply::apply_batch(&mut client, &mut apply_state, &files, &mut save)?;
+        self.state.apply = Some(apply_state);
+        self.set_phase(Phase::WaitingForApplyToFinish);
+        Ok(())
+    }
+
+    /// After the target: the binlogs beyond it are not needed (nor downloaded further).
+    fn drop_unneeded_binlogs(&mut self) {
+        let keep = self.state.binlogs_restored + self.state.applying;
+        self.state.binlogs.truncate(keep);
+        if let Some(downloads) = self.downloads.take() {
+            downloads.shut_down();
+        }
+        remove_prefetched(&self.ctx.config.mysql.relay_log_prefix);
+    }
+
+    fn wait_for_apply(&mut self) -> anyhow::Result<()> {
+        // Keep downloads flowing for the next batch while this one applies.
+        if !self.state.target_reached {
+            self.prefetch()?;
+        }
+        let mut apply_state = self.state.apply.clone().context("apply not prepared")?;
+        let mut client = self.connect()?;
+        if self.force.load(Ordering::SeqCst) {
+            log::warn!("forced: finishing the restore without waiting for the batch");
+            client.execute(&client.flavor().stop_replica_statement())?;
+            self.state.target_reached = true;
+            self.drop_unneeded_binlogs();
+            self.set_phase(Phase::Finalizing);
+            return Ok(());
+        }
+        let mut save = self.saver();
+        let progress = apply::poll_batch(
+            &mut client,
+            &mut apply_state,
+            Duration::from_millis(500),
+            &mut save,
+        )?;
+        self.state.apply = Some(apply_state);
+        match progress {
+            Progress::Running { restarted, .. } => {
+                if restarted {
+                    log::warn!("the SQL thread was not running; started it again");
+                }
+                self.save();
+                Ok(())
+            }
+            Progress::Failed { errno, message } => {
+                // apply_batch with the same batch starts the SQL thread again.
+                self.set_phase(Phase::ApplyingBinlogs);
+                bail!("the applier stopped with error {errno}: {message}")
+            }
+            Progress::Done => {
+                self.state.binlogs_restored += self.state.applying;
+                self.state.applying = 0;
+                self.state.batch.clear();
+                log::info!(
+                    "applied {} of {} binlogs",
+                    self.state.binlogs_restored,
+                    self.state.binlogs.len()
+                );
+                if self.state.target_reached {
+                    self.drop_unneeded_binlogs();
+                }
+                self.set_phase(Phase::ApplyingBinlogs);
+                Ok(())
+            }
+        }
+    }
+
+    fn finalize(&mut self) -> anyhow::Result<()> {
+        if let Some(mut apply_state) = self.state.apply.clone()
+            && !apply_state.finished
+        {
+            let mut client = self.connect()?;
+            let mut save = self.saver();
+            apply::finish(&mut client, &mut apply_state, &mut save)?;
+            self.state.apply = Some(apply_state);
+            self.save();
+        }
+        if let Some(downloads) = self.downloads.take() {
+            downloads.shut_down();
+        }
+        remove_prefetched(&self.ctx.config.mysql.relay_log_prefix);
+        let config = &self.ctx.config;
+        mysqld::restart(
+            &config.mysqld,
+            &config.mysql.client_params,
+            &ServerOptions {
+                with_binlog: true,
+                with_gtids: true,
+                options: Vec::new(),
+            },
+        )?;
+        self.state.server_options = None;
+        self.set_phase(Phase::Completed);
+        log::info!("restore of {} completed", self.state.options.stream_id);
+        Ok(())
+    }
+}
+
+/// The binlogs a restore to `target` needs, from a stream's valid sequence: from the one the
+/// snapshot ended in on, and none that starts after the target (by the binlog metadata's
+/// transaction timestamps, whole seconds, or its GTID ranges). The exact stop inside the last
+/// one is the applier's plan.
+fn binlogs_needed(
+    all: Vec<BinlogInfo>,
+    info: &BasebackupInfo,
+    target: &RestoreTarget,
+) -> Vec<BinlogInfo> {
+    let start = all
+        .iter()
+        .position(|b| Some(b.file_name.as_str()) == info.binlog_name.as_deref())
+        .unwrap_or(0);
+    let mut needed = Vec::new();
+    for binlog in all.into_iter().skip(start) {
+        match target {
+            RestoreTarget::Latest => {}
+            RestoreTarget::Time { at, .. } => {
+                let first_ts = binlog.gtid_ranges.first().map(|r| r.start_ts as i64);
+                if first_ts.is_some_and(|ts| ts > at.timestamp()) {
+                    break;
+                }
+            }
+            RestoreTarget::Gtid(gtid) => {
+                let contains = binlog.gtids().contains_gtid(gtid);
+                needed.push(binlog);
+                if contains {
+                    break;
+                }
+                continue;
+            }
+        }
+        needed.push(binlog);
+    }
+    needed
+}
+
+fn is_permanent(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<Permanent>()
+            || cause
+                .downcast_ref::<pipeline::Error>()
+                .is_some_and(|e| matches!(e, pipeline::Error::Encryption(_)))
+    })
+}
+
+/// Deletes what the server's previous life left: the data directory's contents and its own
+/// binlogs and relay logs (their GTID state would clash with the restored one).
+fn wipe_server_files(config: &crate::config::Config) -> anyhow::Result<()> {
+    let data = &config.mysql.data_directory;
+    if data.exists() {
+        for entry in
+            std::fs::read_dir(data).with_context(|| format!("listing {}", data.display()))?
+        {
+            let path = entry?.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for prefix in [&config.mysql.binlog_prefix, &config.mysql.relay_log_prefix] {
+        remove_with_prefix(prefix)?;
+    }
+    for file in [&config.mysql.relay_log_index_file] {
+        match std::fs::remove_file(file) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", file.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Removes `<prefix>.*` files.
+fn remove_with_prefix(prefix: &Path) -> anyhow::Result<()> {
+    let Some(dir) = prefix.parent() else {
+        return Ok(());
+    };
+    let Some(stem) = prefix.file_name().map(|s| s.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{stem}.")) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_prefetched(relay_prefix: &Path) {
+    let Some(dir) = relay_prefix.parent() else {
+        return;
+    };
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().contains(".prefetch") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+// --- the downloader pool ---------------------------------------------------------------------
+
+struct DownloadJob {
+    binlog: BinlogInfo,
+    path: PathBuf,
+}
+
+struct DownloadResult {
+    remote_index: u64,
+    result: Result<(), String>,
+    integrity: bool,
+}
+
+/// `downloader-N` threads fetching binlogs into `<relay prefix>.prefetch.<index>` files.
+struct Downloads {
+    jobs: Option<Sender<DownloadJob>>,
+    results: Receiver<DownloadResult>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    relay_prefix: PathBuf,
+    /// remote index → (file size, downloaded path once done).
+    known: BTreeMap<u64, (u64, Option<PathBuf>)>,
+    failures: BTreeMap<u64, u32>,
+    retry: VecDeque<BinlogInfo>,
+    infos: BTreeMap<u64, BinlogInfo>,
+}
+
+impl Downloads {
+    fn start(
+        storage: Arc<dyn crate::storage::ObjectStorage>,
+        private_key: crate::pipeline::encrypt::PrivateKey,
+        workers: usize,
+        relay_prefix: PathBuf,
+    ) -> anyhow::Result<Downloads> {
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<DownloadJob>();
+        let (results_tx, results_rx) = crossbeam_channel::unbounded();
+        let mut threads = Vec::new();
+        for n in 0..workers.max(1) {
+            let jobs = jobs_rx.clone();
+            let results = results_tx.clone();
+            let storage = Arc::clone(&storage);
+            let key = private_key.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("downloader-{n}"))
+                    .spawn(move || {
+                        for job in jobs {
+                            let remote_index = job.binlog.remote_index.unwrap_or(0);
+                            let (result, integrity) = download_binlog(storage.as_ref(), &key, &job);
+                            let _ = results.send(DownloadResult {
+                                remote_index,
+                                result,
+                                integrity,
+                            });
+                        }
+                    })?,
+            );
+        }
+        Ok(Downloads {
+            jobs: Some(jobs_tx),
+            results: results_rx,
+            threads,
+            relay_prefix,
+            known: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            retry: VecDeque::new(),
+            infos: BTreeMap::new(),
+        })
+    }
+
+    fn path_for(&self, remote_index: u64) -> PathBuf {
+        let mut path = self.relay_prefix.as_os_str().to_owned();
+        path.push(format!(".prefetch.{remote_index:06}"));
+        PathBuf::from(path)
+    }
+
+    fn is_known(&self, remote_index: u64) -> bool {
+        self.known.contains_key(&remote_index)
+    }
+
+    fn bytes_held(&self) -> u64 {
+        self.known.values().map(|(size, _)| size).sum()
+    }
+
+    fn queue(&mut self, binlog: BinlogInfo) -> anyhow::Result<()> {
+        let index = binlog.remote_index.unwrap_or(0);
+        let path = self.path_for(index);
+        self.known.insert(index, (binlog.file_size, None));
+        self.infos.insert(index, binlog.clone());
+        let jobs = self.jobs.as_ref().context("downloader pool stopped")?;
+        jobs.send(DownloadJob { binlog, path })
+            .map_err(|_| anyhow!("downloader pool stopped"))
+    }
+
+    fn collect_results(&mut self) -> anyhow::Result<()> {
+        while let Ok(result) = self.results.try_recv() {
+            match result.result {
+                Ok(()) => {
+                    let path = self.path_for(result.remote_index);
+                    if let Some(entry) = self.known.get_mut(&result.remote_index) {
+                        entry.1 = Some(path);
+                    }
+                }
+                Err(message) => {
+                    if result.integrity {
+                        bail!(Permanent(format!(
+                            "binlog {} failed its integrity check: {message}",
+                            result.remote_index
+                        )));
+                    }
+                    let count = self.failures.entry(result.remote_index).or_default();
+                    *count += 1;
+                    log::error!(
+                        "downloading binlog {} failed (attempt {count}): {message}",
+                        result.remote_index
+                    );
+                    if *count >= MAX_DOWNLOAD_FAILURES {
+                        bail!(Permanent(format!(
+                            "downloading binlog {} failed {MAX_DOWNLOAD_FAILURES} times: {message}",
+                            result.remote_index
+                        )));
+                    }
+                    self.known.remove(&result.remote_index);
+                    if let Some(info) = self.infos.get(&result.remote_index) {
+                        self.retry.push_back(info.clone());
+                    }
+                }
+            }
+        }
+        while let Some(binlog) = self.retry.pop_front() {
+            self.queue(binlog)?;
+        }
+        Ok(())
+    }
+
+    fn ready_path(&self, remote_index: u64) -> Option<PathBuf> {
+        self.known
+            .get(&remote_index)
+            .and_then(|(_, path)| path.clone())
+    }
+
+    /// The file now belongs to the server's applier, which deletes it once applied.
+    fn handed_over(&mut self, remote_index: u64) {
+        self.known.remove(&remote_index);
+        self.infos.remove(&remote_index);
+    }
+
+    fn shut_down(mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Downloads one binlog to a temporary name and renames it into place only after the
+/// integrity check passed. The bool tells an integrity failure from others.
+fn download_binlog(
+    storage: &dyn crate::storage::ObjectStorage,
+    key: &crate::pipeline::encrypt::PrivateKey,
+    job: &DownloadJob,
+) -> (Result<(), String>, bool) {
+    let Some(remote_key) = job.binlog.remote_key.as_deref() else {
+        return (Err("binlog without a remote key".to_owned()), false);
+    };
+    let algorithm: Algorithm = match job
+        .binlog
+        .compression_algorithm
+        .as_deref()
+        .unwrap_or("snappy")
+        .parse()
+    {
+        Ok(algorithm) => algorithm,
+        Err(err) => return (Err(format!("{err}")), true),
+    };
+    let mut partial = job.path.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    let result = (|| -> Result<(), pipeline::Error> {
+        let file = std::fs::File::create(&partial).map_err(pipeline::Error::Sink)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        pipeline::download(storage, remote_key, &mut out, algorithm, Some(key))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| pipeline::Error::Sink(e.into_error()))?;
+        file.sync_all().map_err(pipeline::Error::Sink)?;
+        std::fs::rename(&partial, &job.path).map_err(pipeline::Error::Sink)
+    })();
+    match result {
+        Ok(()) => (Ok(()), false),
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            let integrity = matches!(err, pipeline::Error::Encryption(_));
+            (Err(format!("{remote_key}: {err}")), integrity)
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Runs the real `myhoard` daemon next to a test database server and drives it over HTTP, as
+//! an operator with curl would.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::db::DbServer;
+use super::myhoard::KeyPair;
+use super::{ServerProcess, free_port, wait_for_port};
+
+/// A myhoard config for `db`: the shipped example with the test's paths, site and ports, and
+/// timings shrunk for tests (rotation every `rotation_seconds`).
+pub fn config_for(db: &DbServer, dir: &Path, site: Value, http_port: u16) -> Value {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/myhoard.json");
+    let mut config: Value =
+        serde_json::from_str(&fs::read_to_string(example).expect("reading etc/myhoard.json"))
+            .expect("parsing etc/myhoard.json");
+    let state = dir.join("state");
+    let temporary = dir.join("tmp");
+    fs::create_dir_all(&state).expect("creating the state directory");
+    fs::create_dir_all(&temporary).expect("creating the temporary directory");
+    config["backup_sites"] = json!({ "default": site });
+    config["backup_settings"]["upload_site"] = "default".into();
+    config["backup_settings"]["forced_binlog_rotation_interval"] = 3600.into();
+    config["http_port"] = http_port.into();
+    config["mysql"] = db.myhoard_mysql_config();
+    config["server_id"] = db.server_id().into();
+    config["state_directory"] = state.display().to_string().into();
+    config["temporary_directory"] = temporary.display().to_string().into();
+    config["start_command"] = json!(db.mysqld_command());
+    if let Some(object) = config.as_object_mut() {
+        object.remove("systemd_service");
+        object.remove("systemctl_command");
+        object.remove("systemd_env_update_command");
+    }
+    config["restore_download_workers"] = 2.into();
+    config["binlog_purge_settings"]["enabled"] = false.into();
+    config
+}
+
+/// A backup site on local storage.
+pub fn local_site(storage_dir: &Path, keys: &KeyPair, algorithm: &str) -> Value {
+    json!({
+        "compression": { "algorithm": algorithm },
+        "encryption_keys": { "public": keys.public_pem, "private": keys.private_pem },
+        "object_storage": { "storage_type": "local", "directory": storage_dir },
+    })
+}
+
+/// One running myhoard daemon.
+pub struct Daemon {
+    dir: PathBuf,
+    config_path: PathBuf,
+    port: u16,
+    log: PathBuf,
+    process: Option<ServerProcess>,
+    agent: ureq::Agent,
+}
+
+impl Daemon {
+    /// Writes `config` (its `http_port` decides the port) into `dir` and starts the daemon.
+    pub fn start(dir: &Path, config: &Value) -> Daemon {
+        let config_path = dir.join("myhoard.json");
+        fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(config).expect("serializing config"),
+        )
+        .expect("writing config");
+        fs::set_permissions(&config_path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let port = config["http_port"].as_u64().expect("http_port") as u16;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let mut daemon = Daemon {
+            dir: dir.to_owned(),
+            config_path,
+            port,
+            log: dir.join("myhoard.log"),
+            process: None,
+            agent,
+        };
+        daemon.start_again();
+        daemon
+    }
+
+    /// A free port for a daemon's HTTP API.
+    pub fn pick_port() -> u16 {
+        free_port()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Starts the process again (after [`Daemon::kill9`] or [`Daemon::stop`]).
+    pub fn start_again(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_myhoard"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("MYHOARD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            );
+        let mut process =
+            ServerProcess::spawn("myhoard", command, &self.log).expect("starting myhoard");
+        if let Err(err) = wait_for_port(self.port, Duration::from_secs(30), &mut process) {
+            panic!("myhoard did not start: {err}\n{}", self.log_tail());
+        }
+        self.process = Some(process);
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut process) = self.process.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &process.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = process.exit_status() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("myhoard did not stop within 60 s:\n{}", self.log_tail());
+    }
+
+    pub fn log_tail(&self) -> String {
+        super::log_tail(&self.log, 60)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn finish(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> (u16, Value) {
+        let mut response = response
+            .unwrap_or_else(|err| panic!("HTTP request failed: {err}\n{}", self.log_tail()));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.finish(self.agent.get(&self.url(path)).call())
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let url = self.url(path);
+        let response = match method {
+            "PUT" => self
+                .agent
+                .put(&url)
+                .content_type("application/json")
+                .send(body),
+            "POST" => self
+                .agent
+                .post(&url)
+                .content_type("application/json")
+                .send(body),
+            "PATCH" => self
+                .agent
+                .patch(&url)
+                .content_type("application/json")
+                .send(body),
+            other => panic!("unsupported method {other}"),
+        };
+        self.finish(response)
+    }
+
+    pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("PUT", path, &body.to_string())
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, &body.to_string())
+    }
+
+    pub fn mode(&self) -> String {
+        let (status, body) = self.get("/status");
+        assert_eq!(status, 200, "GET /status: {body}");
+        body["mode"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until `check` returns `Some`, failing with the daemon's log after `timeout`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Daemon) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn wait_mode(&self, mode: &str, timeout: Duration) {
+        self.wait_for(&format!("mode {mode}"), timeout, |d| {
+            (d.mode() == mode).then_some(())
+        });
+    }
+
+    /// The backup list, once the daemon has one.
+    pub fn backups(&self) -> Vec<Value> {
+        let (status, body) = self.get("/backup");
+        assert_eq!(status, 200, "GET /backup: {body}");
+        body["backups"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits for a completed backup and returns it.
+    pub fn wait_completed_backup(&self, timeout: Duration) -> Value {
+        self.wait_for("a completed backup", timeout, |d| {
+            d.backups()
+                .into_iter()
+                .find(|b| b["completed_at"].is_number())
+        })
+    }
+
+    /// `POST /backup {"backup_type": "binlog", "wait_for_upload": 30}`.
+    pub fn rotate_and_wait(&self) {
+        let (status, body) = self.post(
+            "/backup",
+            json!({"backup_type": "binlog", "wait_for_upload": 30}),
+        );
+        assert_eq!(status, 200, "rotate: {body}\n{}", self.log_tail());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

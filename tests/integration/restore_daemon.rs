@@ -1,0 +1,300 @@
+//! Restores through the real daemon: a source server under load backed up to SeaweedFS, then
+//! fresh servers restored by a second daemon to the latest transaction, a point in time and a
+//! GTID, checked table by table against the source's checksums at that point.
+//!
+//! The reference points are taken with the load paused: the source's checksums and executed
+//! GTIDs are read, and the next phase of load starts only after a whole second has passed, so
+//! "the last transaction at or before second T" and "up to and including GTID G" both name
+//! exactly the paused state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backup_daemon::{assert_gapless_stream, stored_objects};
+use crate::harness::daemon::{self, Daemon};
+use crate::harness::db::{DbOptions, DbServer, Flavor};
+use crate::harness::load::{Load, LoadOptions, Until};
+use crate::harness::myhoard::shared_key_pair;
+use crate::harness::seaweedfs;
+
+/// A reference point of the source: what a restore to it must reproduce.
+struct Checkpoint {
+    checksums: BTreeMap<String, u64>,
+    /// The last transaction committed (server syntax).
+    last_gtid: String,
+    /// Epoch seconds at or after the last commit and before the next.
+    time: i64,
+}
+
+fn db_options(flavor: Flavor, server_id: u32) -> DbOptions {
+    let mut options = DbOptions::server_id(server_id);
+    if flavor == Flavor::MySql {
+        options
+            .extra_cnf
+            .push("plugin-load-add=mysql_clone.so".to_owned());
+    }
+    options
+}
+
+fn now_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The GTID of the source's newest transaction.
+fn last_gtid(db: &DbServer) -> String {
+    match db.flavor() {
+        Flavor::MariaDb => db.query_value::<String>("SELECT @@GLOBAL.gtid_binlog_pos"),
+        Flavor::MySql => {
+            let uuid: String = db.query_value("SELECT @@GLOBAL.server_uuid");
+            let executed = db.gtid_executed();
+            // The untagged interval of the server's own uuid: its last number.
+            let ours = executed
+                .split(',')
+                .find(|part| part.trim().starts_with(&uuid))
+                .unwrap_or_default()
+                .to_owned();
+            let last = ours
+                .split(':')
+                .filter(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                .last()
+                .and_then(|interval| interval.rsplit('-').next())
+                .unwrap_or_default()
+                .to_owned();
+            format!("{uuid}:{last}")
+        }
+    }
+}
+
+fn checkpoint(db: &DbServer) -> Checkpoint {
+    let checksums = db.checksum_all_tables();
+    let last_gtid = last_gtid(db);
+    // Let the second of the last commit pass, and start the next load a second later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let time = now_epoch();
+    std::thread::sleep(Duration::from_millis(1100));
+    Checkpoint {
+        checksums,
+        last_gtid,
+        time,
+    }
+}
+
+fn load_phase(db: &DbServer, seconds: u64, seed: u64) {
+    let mut options = LoadOptions::new(Until::Duration(Duration::from_secs(seconds)), seed);
+    // Tagged GTIDs would make "the last transaction" ambiguous to name for MySQL here.
+    options.tagged_gtids = false;
+    let stats = Load::run_with(db, options).join();
+    assert!(
+        stats.transactions > 10,
+        "load phase committed too little: {stats:?}"
+    );
+}
+
+struct Source {
+    db: DbServer,
+    daemon: Daemon,
+    backup: Value,
+    checkpoints: Vec<Checkpoint>,
+    site: Value,
+    _dir: tempfile::TempDir,
+}
+
+fn site(hint: &str) -> Option<Value> {
+    let storage = seaweedfs::shared_bucket(hint)?;
+    let keys = shared_key_pair();
+    Some(json!({
+        "compression": { "algorithm": "zstd" },
+        "encryption_keys": { "public": keys.public_pem, "private": keys.private_pem },
+        "object_storage": storage,
+    }))
+}
+
+/// A source with a completed backup and three checkpoints after it.
+fn backed_up_source(flavor: Flavor, hint: &str) -> Option<Source> {
+    let site = site(hint)?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = DbServer::start(flavor, db_options(flavor, 1))?;
+    load_phase(&db, 5, 1);
+    let mut config = daemon::config_for(&db, dir.path(), site.clone(), Daemon::pick_port());
+    config["backup_settings"]["forced_binlog_rotation_interval"] = 3.into();
+    let daemon = Daemon::start(dir.path(), &config);
+    let (status, body) = daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    let backup = daemon.wait_completed_backup(Duration::from_secs(300));
+    let mut checkpoints = Vec::new();
+    for seed in 2..5 {
+        load_phase(&db, 6, seed);
+        checkpoints.push(checkpoint(&db));
+    }
+    daemon.rotate_and_wait();
+    let objects = stored_objects(&dir.path().join("myhoard.json"));
+    let executed = {
+        let flavor = myhoard::db::Flavor::parse(db.version()).expect("flavor");
+        myhoard::db::client::parse_server_gtids(flavor, &db.gtid_executed())
+            .expect("gtids")
+            .to_gtid_set()
+    };
+    assert_gapless_stream(&objects, &backup, &executed);
+    Some(Source {
+        db,
+        daemon,
+        backup,
+        checkpoints,
+        site,
+        _dir: dir,
+    })
+}
+
+/// A restore target: a stopped server with an empty data directory, and an idle daemon for it.
+struct Target {
+    db: DbServer,
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.daemon.kill9();
+        // The daemon started this mysqld itself (start_command): end it by its pid file.
+        let pid_file = self.db.dir().join("mysqld.pid");
+        if let Ok(text) = std::fs::read_to_string(pid_file) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", text.trim()])
+                .status();
+        }
+    }
+}
+
+fn restore_target(
+    flavor: Flavor,
+    site: &Value,
+    server_id: u32,
+    tweak: impl FnOnce(&mut Value),
+) -> Target {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = DbServer::create(flavor, db_options(flavor, server_id)).expect("server binaries");
+    empty_dir(&db.data_dir());
+    let mut config = daemon::config_for(&db, dir.path(), site.clone(), Daemon::pick_port());
+    tweak(&mut config);
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_for("the backup list", Duration::from_secs(60), |d| {
+        (!d.backups().is_empty()).then_some(())
+    });
+    Target {
+        db,
+        daemon,
+        _dir: dir,
+    }
+}
+
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("emptying the data directory");
+            } else {
+                std::fs::remove_file(&path).expect("emptying the data directory");
+            }
+        }
+    }
+}
+
+/// Asks for a restore and waits until the daemon switched to observe on its own.
+fn restore_and_wait(target: &Target, request: Value) -> Value {
+    let (status, body) = target.daemon.put("/status", request.clone());
+    assert_eq!(status, 200, "restore request {request}: {body}");
+    let mut last_status = Value::Null;
+    target
+        .daemon
+        .wait_for("the restore to complete", Duration::from_secs(600), |d| {
+            if d.mode() == "observe" {
+                return Some(());
+            }
+            let (code, status) = d.get("/status/restore");
+            if code == 200 {
+                assert_ne!(
+                    status["phase"],
+                    "failed",
+                    "restore failed: {status}\n{}",
+                    d.log_tail()
+                );
+                assert_ne!(
+                    status["phase"],
+                    "failed_basebackup",
+                    "restore failed: {status}\n{}",
+                    d.log_tail()
+                );
+                last_status = status;
+            }
+            None
+        });
+    last_status
+}
+
+fn assert_same_tables(target: &DbServer, expected: &BTreeMap<String, u64>, what: &str) {
+    let restored = target.checksum_all_tables();
+    assert_eq!(
+        &restored, expected,
+        "{what}: restored tables differ from the source"
+    );
+}
+
+fn restores_to_every_kind_of_target(flavor: Flavor) {
+    let Some(source) = backed_up_source(flavor, "restore") else {
+        return;
+    };
+    let stream_id = source.backup["stream_id"].clone();
+    // 1. To the latest transaction (after a final rotation everything is uploaded).
+    let target = restore_target(flavor, &source.site, 2, |_| {});
+    restore_and_wait(
+        &target,
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
+    );
+    let latest = &source.checkpoints[2];
+    assert_same_tables(&target.db, &latest.checksums, "latest");
+    assert_eq!(
+        target.db.query_value::<i64>("SELECT @@GLOBAL.read_only"),
+        0,
+        "the restored server runs with its normal settings"
+    );
+    drop(target);
+    // 2. To an exact point in time (the first checkpoint).
+    let target = restore_target(flavor, &source.site, 3, |_| {});
+    restore_and_wait(
+        &target,
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id,
+               "target_time": source.checkpoints[0].time}),
+    );
+    assert_same_tables(&target.db, &source.checkpoints[0].checksums, "target_time");
+    drop(target);
+    // 3. To a GTID (the second checkpoint's last transaction), with a small disk budget.
+    let target = restore_target(flavor, &source.site, 4, |config| {
+        config["restore_max_binlog_bytes"] = (256 * 1024).into();
+    });
+    restore_and_wait(
+        &target,
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id,
+               "target_gtid": source.checkpoints[1].last_gtid}),
+    );
+    assert_same_tables(&target.db, &source.checkpoints[1].checksums, "target_gtid");
+    drop(target);
+    drop(source.daemon);
+    drop(source.db);
+}
+
+#[test]
+fn mariadb_restores_latest_time_and_gtid() {
+    restores_to_every_kind_of_target(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_restores_latest_time_and_gtid() {
+    restores_to_every_kind_of_target(Flavor::MySql);
+}
