@@ -992,11 +992,13 @@ pub fn apply_batch(
                 current.stage = BatchStage::Configuring;
             }
             BatchStage::Configuring => {
-                let relay_log_file = file_name(&current.files[0].relay_log)?;
+                // A state read back from disk could hold anything: no indexing.
+                let first = current.files.first().ok_or(Error::EmptyBatch)?;
+                let relay_log_file = file_name(&first.relay_log)?;
                 let start = RelayLogStart {
                     relay_log_file: &relay_log_file,
                     relay_log_pos: current.start_pos,
-                    source_log: Some((&current.files[0].source_file, current.start_pos)),
+                    source_log: Some((&first.source_file, current.start_pos)),
                 };
                 client.execute(&flavor.change_source_to_relay_logs(&start))?;
                 current.stage = BatchStage::Starting;
@@ -1074,10 +1076,13 @@ fn new_batch_state(
             Until::AfterGtids(gtids) => BatchUntil::AfterGtids(gtids.clone()),
             // The relay log holding that binlog is the batch's last; the offsets are the
             // source's, as the files are byte copies.
-            Until::SourcePosition { pos, .. } => BatchUntil::RelayPosition {
-                file: file_name(&files[files.len() - 1].relay_log)?,
-                pos: *pos,
-            },
+            Until::SourcePosition { pos, .. } => {
+                let last_relay_log = files.last().map(|file| file.relay_log.as_path());
+                BatchUntil::RelayPosition {
+                    file: file_name(last_relay_log.unwrap_or(Path::new("")))?,
+                    pos: *pos,
+                }
+            }
         }),
     };
     if let Some(until) = &until {

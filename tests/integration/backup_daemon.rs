@@ -13,6 +13,7 @@ use crate::harness::daemon::{self, Daemon};
 use crate::harness::db::{DbOptions, DbServer, Flavor};
 use crate::harness::load::{Load, Until};
 use crate::harness::myhoard::shared_key_pair;
+use crate::harness::StorageServer;
 use crate::harness::seaweedfs;
 use myhoard::backup_stream::layout::{BasebackupInfo, BinlogInfo};
 use myhoard::gtid::GtidSet;
@@ -129,6 +130,25 @@ pub fn assert_gapless_stream(objects: &[Value], backup: &Value, executed: &GtidS
     );
 }
 
+/// Waits until the stream's binlogs hold every transaction in `executed` (uploads of large
+/// binlogs can outlast `wait_for_upload`), then checks the stream as
+/// [`assert_gapless_stream`] does.
+pub fn wait_gapless_stream(daemon: &Daemon, backup: &Value, executed: &GtidSet) {
+    let config_path = daemon.dir().join("myhoard.json");
+    let stream_id = backup["stream_id"].as_str().unwrap_or_default().to_owned();
+    let info: BasebackupInfo =
+        serde_json::from_value(backup["basebackup_info"].clone()).expect("basebackup_info");
+    daemon.wait_for("every transaction to be uploaded", Duration::from_secs(300), |_| {
+        let objects = stored_objects(&config_path);
+        let mut stored = info.gtid_executed.clone();
+        for (_, binlog) in stream_binlogs(&objects, &stream_id).values() {
+            stored.union_with(&binlog.gtids());
+        }
+        stored.contains(executed).then_some(())
+    });
+    assert_gapless_stream(&stored_objects(&config_path), backup, executed);
+}
+
 fn start_active(
     flavor: Flavor,
     dir: &Path,
@@ -174,8 +194,8 @@ fn backup_under_load(flavor: Flavor) {
     );
     daemon.rotate_and_wait();
     let executed = server_gtids(&db);
+    wait_gapless_stream(&daemon, &backup, &executed);
     let objects = stored_objects(&daemon.dir().join("myhoard.json"));
-    assert_gapless_stream(&objects, &backup, &executed);
     let binlogs = stream_binlogs(&objects, backup["stream_id"].as_str().unwrap_or_default());
     assert!(
         binlogs.len() >= 5,
@@ -298,4 +318,134 @@ fn bad_requests_get_400_with_message() {
     assert_eq!(daemon.mode(), "active");
     let (status, _) = daemon.get("/backup");
     assert_eq!(status, 200);
+}
+
+/// `kill -9` of the daemon at five moments (during the snapshot, then during uploads under
+/// load): after each restart it resumes, and the stream stays gapless with one object per
+/// index.
+#[test]
+fn kill9_during_snapshot_and_uploads_loses_nothing() {
+    let Some(site) = s3_site("kill9") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((db, mut daemon)) = start_active(Flavor::MariaDb, dir.path(), site, |config| {
+        config["backup_settings"]["forced_binlog_rotation_interval"] = 1.into();
+    }) else {
+        return;
+    };
+    let load = Load::run(&db, Until::Stopped, 21);
+    // Kill moments, seconds after the previous start: the first falls into the snapshot.
+    for (round, pause_ms) in [700u64, 4_000, 2_300, 5_100, 3_300].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        daemon.kill9();
+        daemon.start_again();
+        assert_eq!(daemon.mode(), "active", "mode after restart {round}");
+    }
+    let backup = daemon.wait_completed_backup(Duration::from_secs(300));
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = load.stop();
+    assert!(stats.transactions > 50, "{stats:?}");
+    daemon.rotate_and_wait();
+    let executed = server_gtids(&db);
+    wait_gapless_stream(&daemon, &backup, &executed);
+    let objects = stored_objects(&daemon.dir().join("myhoard.json"));
+    // Exactly one backup stream: restarts resumed it instead of starting others.
+    let streams: std::collections::BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| o["key"].as_str())
+        .filter_map(|k| k.split('/').nth(1))
+        .collect();
+    assert_eq!(streams.len(), 1, "streams: {streams:?}");
+}
+
+/// SeaweedFS stopped for 60 s in the middle of uploads: the daemon retries and catches up.
+#[test]
+fn storage_outage_is_retried_and_caught_up() {
+    let Some(mut server) = seaweedfs::SeaweedFs::start() else { return };
+    let bucket = "outage";
+    server.create_bucket(bucket);
+    let keys = shared_key_pair();
+    let site = json!({
+        "compression": { "algorithm": "snappy" },
+        "encryption_keys": { "public": keys.public_pem, "private": keys.private_pem },
+        "object_storage": server.config(bucket),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((db, daemon)) = start_active(Flavor::MariaDb, dir.path(), site, |config| {
+        config["backup_settings"]["forced_binlog_rotation_interval"] = 2.into();
+    }) else {
+        return;
+    };
+    let backup = daemon.wait_completed_backup(Duration::from_secs(300));
+    let load = Load::run(&db, Until::Stopped, 31);
+    std::thread::sleep(Duration::from_secs(3));
+    server.kill();
+    std::thread::sleep(Duration::from_secs(60));
+    server.restart();
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = load.stop();
+    assert!(stats.transactions > 50, "{stats:?}");
+    daemon.rotate_and_wait();
+    // The backlog may take a few retries to drain after the outage.
+    let executed = server_gtids(&db);
+    wait_gapless_stream(&daemon, &backup, &executed);
+    assert!(
+        daemon.log_text().contains("retrying"),
+        "the outage should have shown as retried uploads in the log"
+    );
+}
+
+/// Retention: with backup_count_max 2 (and min 1), the third completed backup makes the daemon
+/// delete the oldest stream and all its objects; the two newest stay.
+#[test]
+fn retention_deletes_the_oldest_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let keys = shared_key_pair();
+    let Some((db, daemon)) = start_active(
+        Flavor::MariaDb,
+        dir.path(),
+        daemon::local_site(&storage, &keys, "snappy"),
+        |config| {
+            config["backup_settings"]["backup_count_max"] = 2.into();
+            config["backup_settings"]["backup_count_min"] = 1.into();
+        },
+    ) else {
+        return;
+    };
+    let config_path = daemon.dir().join("myhoard.json");
+    let stream_ids = |objects: &[Value]| -> std::collections::BTreeSet<String> {
+        objects
+            .iter()
+            .filter_map(|o| o["key"].as_str())
+            .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
+            .collect()
+    };
+    let mut created = Vec::new();
+    for round in 0..3 {
+        let backup = daemon.wait_for("a new completed backup", Duration::from_secs(300), |d| {
+            d.backups().into_iter().find(|b| {
+                b["completed_at"].is_number()
+                    && !created.contains(&b["stream_id"].as_str().unwrap_or_default().to_owned())
+            })
+        });
+        created.push(backup["stream_id"].as_str().unwrap_or_default().to_owned());
+        db.sql(&format!("CREATE DATABASE IF NOT EXISTS r{round}"));
+        db.flush_binary_logs();
+        if round < 2 {
+            let (status, body) = daemon.post("/backup", json!({"backup_type": "basebackup"}));
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // The oldest is closed once its successor completed, then deleted by retention.
+    let oldest = created[0].clone();
+    daemon.wait_for("the oldest backup to be deleted", Duration::from_secs(120), |_| {
+        (!stream_ids(&stored_objects(&config_path)).contains(&oldest)).then_some(())
+    });
+    let remaining = stream_ids(&stored_objects(&config_path));
+    assert!(remaining.contains(&created[1]) && remaining.contains(&created[2]), "{remaining:?}");
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+    assert!(
+        !daemon.backups().iter().any(|b| b["stream_id"] == oldest.as_str()),
+        "GET /backup still lists the deleted backup"
+    );
 }
