@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup_stream::layout::{BinlogInfo, epoch_seconds};
 use crate::binlog::{self, ReadOptions, Tail};
+use crate::gtid::GtidRange;
 use crate::db::flavor::{log_file_index, log_file_name};
 use crate::state::{self, AppendOnlyList};
 
@@ -176,7 +177,7 @@ impl BinlogScanner {
                     .unwrap_or_default(),
                 file_size: summary.size,
                 full_name: path.display().to_string(),
-                gtid_ranges: summary.gtid_ranges,
+                gtid_ranges: compact_ranges(summary.gtid_ranges),
                 local_index: index,
                 processed_at: epoch_seconds(Utc::now()),
                 processing_time: started.elapsed().as_secs_f64(),
@@ -225,6 +226,30 @@ impl BinlogScanner {
         }
         Ok(removed)
     }
+}
+
+/// Merges the ranges of each origin that continue each other. In file order, transactions of
+/// several origins (MySQL tagged and untagged GTIDs written by concurrent sessions) interleave,
+/// and each switch starts a new range: thousands per file, too many for the object metadata
+/// they are stored in (S3 caps user metadata at 2 KiB). Per origin, a file's sequence numbers
+/// are contiguous, so the merged ranges name the same transactions; the time stamps become the
+/// earliest and latest of the merged ones. Ranges keep the order of their first transaction.
+pub fn compact_ranges(ranges: Vec<GtidRange>) -> Vec<GtidRange> {
+    let mut merged: Vec<GtidRange> = Vec::new();
+    for range in ranges {
+        let continues = merged.iter_mut().rev().find(|existing| {
+            existing.server_uuid == range.server_uuid && existing.end.checked_add(1) == Some(range.start)
+        });
+        match continues {
+            Some(existing) => {
+                existing.end = range.end;
+                existing.start_ts = existing.start_ts.min(range.start_ts);
+                existing.end_ts = existing.end_ts.max(range.end_ts);
+            }
+            None => merged.push(range),
+        }
+    }
+    merged
 }
 
 /// What the watcher tells the controller.
@@ -297,4 +322,40 @@ pub fn spawn_watcher(
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gtid::Origin;
+
+    fn range(origin: &Origin, start: u64, end: u64, ts: u64) -> GtidRange {
+        GtidRange {
+            end,
+            end_ts: ts + 1,
+            server_id: 1,
+            server_uuid: origin.clone(),
+            start,
+            start_ts: ts,
+        }
+    }
+
+    #[test]
+    fn interleaved_origins_compact_to_one_range_each() {
+        let a = Origin::mariadb(0, 1);
+        let b = Origin::mariadb(1, 1);
+        let input = vec![
+            range(&a, 1, 2, 10),
+            range(&b, 7, 7, 11),
+            range(&a, 3, 5, 12),
+            range(&b, 8, 9, 13),
+            range(&a, 9, 9, 14), // a gap in a: stays separate
+        ];
+        let output = compact_ranges(input);
+        let summary: Vec<(u64, u64, u64, u64)> = output
+            .iter()
+            .map(|r| (r.start, r.end, r.start_ts, r.end_ts))
+            .collect();
+        assert_eq!(summary, [(1, 5, 10, 13), (7, 9, 11, 14), (9, 9, 14, 15)]);
+    }
 }

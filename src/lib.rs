@@ -24,12 +24,25 @@
 //! stage a `std::io` adapter, compression on its own thread so that encryption and I/O hide
 //! behind it. Restores run the reverse and check the MAC before anything is published.
 //!
-//! Built so far: [`config`] (parse and validate `myhoard.json`), [`storage`] (local, S3, GCS and
-//! Azure backends behind one trait, with retries), [`pipeline`] (snappy, zstd, xz and rohmu's
-//! encryption format), the database layer ([`db`]: the MariaDB/MySQL [`db::Flavor`] and a typed
-//! client; [`binlog`]: our own binlog parser; [`gtid`]: GTID set arithmetic for both flavours),
-//! and the operator commands in [`cli`]. The controller, HTTP API, snapshots and restore follow
-//! in later work, on top of these.
+//! The modules, by layer:
+//!
+//! - foundation: [`config`] (`myhoard.json`), [`storage`] (local, S3, GCS, Azure behind one
+//!   trait, with retries), [`pipeline`] (snappy, zstd, xz and rohmu's encryption), [`state`]
+//!   (crash-safe JSON and append-only state files);
+//! - the database: [`db`] (the MariaDB/MySQL [`db::Flavor`] and a typed client), [`binlog`]
+//!   (our own binlog parser), [`gtid`] (GTID set arithmetic for both flavours), [`mysqld`]
+//!   (restarting the server with restore options);
+//! - pure policy, no I/O: [`schedule`], [`retention`], [`purge`];
+//! - backups: [`basebackup`] (snapshots with mariabackup, XtraBackup or the clone plugin,
+//!   streamed into storage, and their restore), [`backup_stream`] (MyHoard's storage layout and
+//!   the uploader pool), [`binlog_scanner`] (the binlog watcher);
+//! - restore: [`restore`] (the coordinator's phases and the relay-log applier);
+//! - the daemon: [`controller`] (modes, streams, the tick), [`http`] (the API), [`daemon`]
+//!   (wiring and signals), [`logging`], and the operator commands in [`cli`].
+//!
+//! Crash safety: every state change is written (atomically) before it is acted on, and every
+//! object key is fixed before its upload starts, so a restart redoes at most the work in
+//! flight, to the same keys.
 //!
 //! # Invariants
 //!

@@ -869,7 +869,7 @@ fn binlogs_needed(
         match target {
             RestoreTarget::Latest => {}
             RestoreTarget::Time { at, .. } => {
-                let first_ts = binlog.gtid_ranges.first().map(|r| r.start_ts as i64);
+                let first_ts = binlog.gtid_ranges.iter().map(|r| r.start_ts as i64).min();
                 if first_ts.is_some_and(|ts| ts > at.timestamp()) {
                     break;
                 }

@@ -238,7 +238,8 @@ fn restore_and_wait(target: &Target, request: Value) -> Value {
     last_status
 }
 
-fn assert_same_tables(target: &DbServer, expected: &BTreeMap<String, u64>, what: &str) {
+fn assert_same_tables(target: &mut DbServer, expected: &BTreeMap<String, u64>, what: &str) {
+    target.attach_to_running();
     let restored = target.checksum_all_tables();
     assert_eq!(
         &restored, expected,
@@ -252,13 +253,13 @@ fn restores_to_every_kind_of_target(flavor: Flavor) {
     };
     let stream_id = source.backup["stream_id"].clone();
     // 1. To the latest transaction (after a final rotation everything is uploaded).
-    let target = restore_target(flavor, &source.site, 2, |_| {});
+    let mut target = restore_target(flavor, &source.site, 2, |_| {});
     restore_and_wait(
         &target,
         json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
     );
     let latest = &source.checkpoints[2];
-    assert_same_tables(&target.db, &latest.checksums, "latest");
+    assert_same_tables(&mut target.db, &latest.checksums, "latest");
     assert_eq!(
         target.db.query_value::<i64>("SELECT @@GLOBAL.read_only"),
         0,
@@ -266,16 +267,16 @@ fn restores_to_every_kind_of_target(flavor: Flavor) {
     );
     drop(target);
     // 2. To an exact point in time (the first checkpoint).
-    let target = restore_target(flavor, &source.site, 3, |_| {});
+    let mut target = restore_target(flavor, &source.site, 3, |_| {});
     restore_and_wait(
         &target,
         json!({"mode": "restore", "site": "default", "stream_id": stream_id,
                "target_time": source.checkpoints[0].time}),
     );
-    assert_same_tables(&target.db, &source.checkpoints[0].checksums, "target_time");
+    assert_same_tables(&mut target.db, &source.checkpoints[0].checksums, "target_time");
     drop(target);
     // 3. To a GTID (the second checkpoint's last transaction), with a small disk budget.
-    let target = restore_target(flavor, &source.site, 4, |config| {
+    let mut target = restore_target(flavor, &source.site, 4, |config| {
         config["restore_max_binlog_bytes"] = (256 * 1024).into();
     });
     restore_and_wait(
@@ -283,7 +284,7 @@ fn restores_to_every_kind_of_target(flavor: Flavor) {
         json!({"mode": "restore", "site": "default", "stream_id": stream_id,
                "target_gtid": source.checkpoints[1].last_gtid}),
     );
-    assert_same_tables(&target.db, &source.checkpoints[1].checksums, "target_gtid");
+    assert_same_tables(&mut target.db, &source.checkpoints[1].checksums, "target_gtid");
     drop(target);
     drop(source.daemon);
     drop(source.db);

@@ -537,6 +537,15 @@ impl DbServer {
         }
     }
 
+    /// Connects to a server on this directory that something else started (myhoard's
+    /// `start_command` during a restore), for queries; the harness does not own its process.
+    pub fn attach_to_running(&mut self) {
+        match Pool::new(self.socket_opts()) {
+            Ok(pool) => self.pool = Some(pool),
+            Err(err) => panic!("connecting to the {} server: {err}", self.flavor.name()),
+        }
+    }
+
     /// [`DbServer::stop`], then [`DbServer::start_again`].
     pub fn restart(&mut self) {
         self.stop();
