@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup_stream::layout::{BinlogInfo, epoch_seconds};
 use crate::binlog::{self, ReadOptions, Tail};
-use crate::gtid::GtidRange;
 use crate::db::flavor::{log_file_index, log_file_name};
+use crate::gtid::GtidRange;
 use crate::state::{self, AppendOnlyList};
 
 pub const STATE_FILE: &str = "binlog_scanner_state.json";
@@ -238,7 +238,8 @@ pub fn compact_ranges(ranges: Vec<GtidRange>) -> Vec<GtidRange> {
     let mut merged: Vec<GtidRange> = Vec::new();
     for range in ranges {
         let continues = merged.iter_mut().rev().find(|existing| {
-            existing.server_uuid == range.server_uuid && existing.end.checked_add(1) == Some(range.start)
+            existing.server_uuid == range.server_uuid
+                && existing.end.checked_add(1) == Some(range.start)
         });
         match continues {
             Some(existing) => {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::harness::StorageServer;
 use crate::harness::daemon::{self, Daemon};
 use crate::harness::db::{DbOptions, DbServer, Flavor};
 use crate::harness::load::{Load, Until};
 use crate::harness::myhoard::shared_key_pair;
-use crate::harness::StorageServer;
 use crate::harness::seaweedfs;
 use myhoard::backup_stream::layout::{BasebackupInfo, BinlogInfo};
 use myhoard::gtid::GtidSet;
@@ -138,14 +138,18 @@ pub fn wait_gapless_stream(daemon: &Daemon, backup: &Value, executed: &GtidSet) 
     let stream_id = backup["stream_id"].as_str().unwrap_or_default().to_owned();
     let info: BasebackupInfo =
         serde_json::from_value(backup["basebackup_info"].clone()).expect("basebackup_info");
-    daemon.wait_for("every transaction to be uploaded", Duration::from_secs(300), |_| {
-        let objects = stored_objects(&config_path);
-        let mut stored = info.gtid_executed.clone();
-        for (_, binlog) in stream_binlogs(&objects, &stream_id).values() {
-            stored.union_with(&binlog.gtids());
-        }
-        stored.contains(executed).then_some(())
-    });
+    daemon.wait_for(
+        "every transaction to be uploaded",
+        Duration::from_secs(300),
+        |_| {
+            let objects = stored_objects(&config_path);
+            let mut stored = info.gtid_executed.clone();
+            for (_, binlog) in stream_binlogs(&objects, &stream_id).values() {
+                stored.union_with(&binlog.gtids());
+            }
+            stored.contains(executed).then_some(())
+        },
+    );
     assert_gapless_stream(&stored_objects(&config_path), backup, executed);
 }
 
@@ -360,7 +364,9 @@ fn kill9_during_snapshot_and_uploads_loses_nothing() {
 /// SeaweedFS stopped for 60 s in the middle of uploads: the daemon retries and catches up.
 #[test]
 fn storage_outage_is_retried_and_caught_up() {
-    let Some(mut server) = seaweedfs::SeaweedFs::start() else { return };
+    let Some(mut server) = seaweedfs::SeaweedFs::start() else {
+        return;
+    };
     let bucket = "outage";
     server.create_bucket(bucket);
     let keys = shared_key_pair();
@@ -438,14 +444,22 @@ fn retention_deletes_the_oldest_streams() {
     }
     // The oldest is closed once its successor completed, then deleted by retention.
     let oldest = created[0].clone();
-    daemon.wait_for("the oldest backup to be deleted", Duration::from_secs(120), |_| {
-        (!stream_ids(&stored_objects(&config_path)).contains(&oldest)).then_some(())
-    });
+    daemon.wait_for(
+        "the oldest backup to be deleted",
+        Duration::from_secs(120),
+        |_| (!stream_ids(&stored_objects(&config_path)).contains(&oldest)).then_some(()),
+    );
     let remaining = stream_ids(&stored_objects(&config_path));
-    assert!(remaining.contains(&created[1]) && remaining.contains(&created[2]), "{remaining:?}");
+    assert!(
+        remaining.contains(&created[1]) && remaining.contains(&created[2]),
+        "{remaining:?}"
+    );
     assert_eq!(remaining.len(), 2, "{remaining:?}");
     assert!(
-        !daemon.backups().iter().any(|b| b["stream_id"] == oldest.as_str()),
+        !daemon
+            .backups()
+            .iter()
+            .any(|b| b["stream_id"] == oldest.as_str()),
         "GET /backup still lists the deleted backup"
     );
 }

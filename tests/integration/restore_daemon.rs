@@ -118,7 +118,10 @@ fn site(hint: &str) -> Option<Value> {
 
 /// A source with a completed backup and three checkpoints after it.
 fn backed_up_source(flavor: Flavor, hint: &str) -> Option<Source> {
-    let site = site(hint)?;
+    backed_up_source_on(flavor, site(hint)?)
+}
+
+fn backed_up_source_on(flavor: Flavor, site: Value) -> Option<Source> {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = DbServer::start(flavor, db_options(flavor, 1))?;
     load_phase(&db, 5, 1);
@@ -273,7 +276,11 @@ fn restores_to_every_kind_of_target(flavor: Flavor) {
         json!({"mode": "restore", "site": "default", "stream_id": stream_id,
                "target_time": source.checkpoints[0].time}),
     );
-    assert_same_tables(&mut target.db, &source.checkpoints[0].checksums, "target_time");
+    assert_same_tables(
+        &mut target.db,
+        &source.checkpoints[0].checksums,
+        "target_time",
+    );
     drop(target);
     // 3. To a GTID (the second checkpoint's last transaction), with a small disk budget.
     let mut target = restore_target(flavor, &source.site, 4, |config| {
@@ -284,7 +291,11 @@ fn restores_to_every_kind_of_target(flavor: Flavor) {
         json!({"mode": "restore", "site": "default", "stream_id": stream_id,
                "target_gtid": source.checkpoints[1].last_gtid}),
     );
-    assert_same_tables(&mut target.db, &source.checkpoints[1].checksums, "target_gtid");
+    assert_same_tables(
+        &mut target.db,
+        &source.checkpoints[1].checksums,
+        "target_gtid",
+    );
     drop(target);
     drop(source.daemon);
     drop(source.db);
@@ -298,4 +309,198 @@ fn mariadb_restores_latest_time_and_gtid() {
 #[test]
 fn mysql_restores_latest_time_and_gtid() {
     restores_to_every_kind_of_target(Flavor::MySql);
+}
+
+/// Bytes of downloaded binlogs on disk: relay logs, prefetched and partly downloaded files.
+fn relay_dir_bytes(db: &DbServer) -> u64 {
+    let prefix = db.relay_log_prefix();
+    let Some(dir) = prefix.parent() else { return 0 };
+    let stem = prefix
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{stem}."))
+                })
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".index"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A restore under `kill -9` of the daemon in each phase it can be caught in, with a disk
+/// budget a fraction of the binlogs' total, sampled all along: it resumes every time, never
+/// holds more than the budget, and ends with exactly the source's data.
+#[test]
+fn mariadb_restore_survives_kill9_in_each_phase_within_budget() {
+    let flavor = Flavor::MariaDb;
+    let Some(source) = backed_up_source(flavor, "kill9-restore") else {
+        return;
+    };
+    let stream_id = source.backup["stream_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let objects = crate::backup_daemon::stored_objects(&source.daemon.dir().join("myhoard.json"));
+    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
+    let total: u64 = binlogs.values().map(|(_, b)| b.file_size).sum();
+    let largest = binlogs
+        .values()
+        .map(|(_, b)| b.file_size)
+        .max()
+        .unwrap_or(0);
+    let budget = largest.max(total / 5);
+    assert!(
+        total >= 2 * budget,
+        "too few binlog bytes for a budget test: {total} vs {budget}"
+    );
+    let mut target = restore_target(flavor, &source.site, 5, |config| {
+        config["restore_max_binlog_bytes"] = budget.into();
+    });
+    let (status, body) = target.daemon.put(
+        "/status",
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut kills = Vec::new();
+    let mut pending = vec![
+        "restoring_basebackup",
+        "waiting_for_apply_to_finish",
+        "finalizing",
+    ];
+    let mut peak = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restore did not finish\n{}",
+            target.daemon.log_tail()
+        );
+        peak = peak.max(relay_dir_bytes(&target.db));
+        if target.daemon.mode() == "observe" {
+            break;
+        }
+        let (code, status) = target.daemon.get("/status/restore");
+        if code == 200 {
+            let phase = status["phase"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                !phase.starts_with("failed"),
+                "restore failed: {status}\n{}",
+                target.daemon.log_tail()
+            );
+            if pending.first() == Some(&phase.as_str()) {
+                pending.remove(0);
+                target.daemon.kill9();
+                kills.push(phase);
+                target.daemon.start_again();
+            } else if let Some(position) = pending.iter().position(|p| *p == phase) {
+                // An earlier phase went by between two samples.
+                pending.drain(..position);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        kills.len() >= 2,
+        "caught too few phases to kill in: {kills:?}"
+    );
+    assert!(
+        peak <= budget,
+        "downloaded binlogs on disk peaked at {peak} bytes, budget {budget}"
+    );
+    assert_same_tables(
+        &mut target.db,
+        &source.checkpoints[2].checksums,
+        "after kills",
+    );
+    eprintln!(
+        "killed the daemon in {kills:?}; peak binlog bytes {peak} of budget {budget}, total {total}"
+    );
+}
+
+/// Tampered objects: a flipped byte in a binlog object and in the snapshot object each stop
+/// the restore with an integrity error, and nothing from them is applied.
+#[test]
+fn mariadb_restore_refuses_tampered_objects() {
+    let flavor = Flavor::MariaDb;
+    let storage_dir = tempfile::tempdir().expect("tempdir");
+    let keys = shared_key_pair();
+    let site = daemon::local_site(storage_dir.path(), &keys, "zstd");
+    let Some(source) = backed_up_source_on(flavor, site.clone()) else {
+        return;
+    };
+    let stream_id = source.backup["stream_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let stream_dir = storage_dir.path().join("default").join(&stream_id);
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).expect("reading object");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        std::fs::write(path, bytes).expect("writing object");
+    };
+    // A binlog in the middle of the stream.
+    let binlog = stream_dir.join("binlogs/0/3_1");
+    assert!(binlog.exists(), "no binlog 3 in {}", stream_dir.display());
+    flip(&binlog);
+    let target = restore_target(flavor, &site, 6, |_| {});
+    let (status, body) = target.daemon.put(
+        "/status",
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let failed = target
+        .daemon
+        .wait_for("the restore to fail", Duration::from_secs(600), |d| {
+            let (_, status) = d.get("/status/restore");
+            (status["phase"] == "failed").then_some(status)
+        });
+    let reason = failed["failure_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("integrity"), "failure reason: {failed}");
+    assert!(
+        target.daemon.log_text().contains("integrity"),
+        "the log names the integrity failure"
+    );
+    drop(target);
+    // The snapshot itself.
+    flip(&stream_dir.join("basebackup.xbstream"));
+    let target = restore_target(flavor, &site, 7, |_| {});
+    let (status, body) = target.daemon.put(
+        "/status",
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let failed = target
+        .daemon
+        .wait_for("the restore to fail", Duration::from_secs(600), |d| {
+            let (_, status) = d.get("/status/restore");
+            status["phase"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("failed"))
+                .then_some(status)
+        });
+    let reason = failed["failure_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("integrity"), "failure reason: {failed}");
+    let data_dir_entries = std::fs::read_dir(target.db.data_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        data_dir_entries, 0,
+        "nothing from a tampered snapshot reaches the data directory"
+    );
 }

@@ -99,10 +99,6 @@ impl Daemon {
         &self.dir
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
     /// Starts the process again (after [`Daemon::kill9`] or [`Daemon::stop`]).
     pub fn start_again(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_myhoard"));
