@@ -454,7 +454,7 @@ impl Controller {
                 progress,
             } => {
                 if let Some(stream) = self.streams.get_mut(&stream_id) {
-                    stream.progress = Some(progress);
+                    stream.progress = Some(*progress);
                 }
             }
             Event::SnapshotDone { stream_id, result } => self.snapshot_done(&stream_id, result),
@@ -480,7 +480,7 @@ impl Controller {
         }
     }
 
-    fn snapshot_done(&mut self, stream_id: &str, result: Result<BasebackupInfo, String>) {
+    fn snapshot_done(&mut self, stream_id: &str, result: Result<Box<BasebackupInfo>, String>) {
         let Some(stream) = self.streams.get_mut(stream_id) else {
             return;
         };
@@ -497,7 +497,7 @@ impl Controller {
                     info.binlog_position.unwrap_or(0),
                     info.gtid.as_deref().unwrap_or("")
                 );
-                stream.state.basebackup_info = Some(info);
+                stream.state.basebackup_info = Some(*info);
                 stream.state.active_details.phase = Phase::BinlogCatchup;
                 stream.state.updated_at = now_epoch();
                 self.persist_stream(stream_id);

@@ -36,11 +36,11 @@ pub enum Event {
     },
     SnapshotProgress {
         stream_id: String,
-        progress: SnapshotProgress,
+        progress: Box<SnapshotProgress>,
     },
     SnapshotDone {
         stream_id: String,
-        result: Result<BasebackupInfo, String>,
+        result: Result<Box<BasebackupInfo>, String>,
     },
     MarkerWritten {
         stream_id: String,
@@ -174,7 +174,7 @@ pub fn take_snapshot(
     let result = snapshot_and_describe(ctx, flavor, stream, cancel, events);
     Event::SnapshotDone {
         stream_id,
-        result: result.map_err(|e| format!("{e:#}")),
+        result: result.map(Box::new).map_err(|e| format!("{e:#}")),
     }
 }
 
@@ -200,7 +200,7 @@ fn snapshot_and_describe(
     let progress = move |progress: &SnapshotProgress| {
         let _ = progress_events.send(Event::SnapshotProgress {
             stream_id: stream_id.clone(),
-            progress: progress.clone(),
+            progress: Box::new(progress.clone()),
         });
     };
     let job = SnapshotJob {

@@ -1134,7 +1134,7 @@ fn download_binlog(
         .parse()
     {
         Ok(algorithm) => algorithm,
-        Err(err) => return (Err(format!("{err}")), true),
+        Err(err) => return (Err(err.to_string()), true),
     };
     let mut partial = job.path.as_os_str().to_owned();
     partial.push(".part");

@@ -61,8 +61,7 @@ fn last_gtid(db: &DbServer) -> String {
                 .to_owned();
             let last = ours
                 .split(':')
-                .filter(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit()))
-                .last()
+                .rfind(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit()))
                 .and_then(|interval| interval.rsplit('-').next())
                 .unwrap_or_default()
                 .to_owned();
