@@ -570,6 +570,7 @@ impl Controller {
             ApiRequest::RotateBinlog { wait_for_upload } => {
                 self.rotate_for_api(wait_for_upload, reply);
             }
+            ApiRequest::SetBinlogIndex { index } => self.skip_binlogs_for_api(index, reply),
             request => {
                 let answer = self.answer(request);
                 let _ = reply.send(answer);
@@ -641,26 +642,7 @@ impl Controller {
                 self.persist();
                 Ok(json!({"success": true}))
             }
-            ApiRequest::SetBinlogIndex { index } => {
-                let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-                if self
-                    .channels
-                    .watcher_requests
-                    .try_send(WatcherRequest::SkipTo {
-                        index,
-                        reply: reply_tx,
-                    })
-                    .is_err()
-                {
-                    return Err(ApiError::unavailable("the binlog watcher is busy"));
-                }
-                // The watcher answers between polls, within milliseconds.
-                match reply_rx.recv_timeout(Duration::from_secs(5)) {
-                    Ok(Ok(())) => Ok(json!({"success": true})),
-                    Ok(Err(message)) => Err(bad_request(message)),
-                    Err(_) => Err(ApiError::unavailable("the binlog watcher did not answer")),
-                }
-            }
+            ApiRequest::SetBinlogIndex { .. } => unreachable_request(),
             ApiRequest::MarkBroken { .. } | ApiRequest::Preserve { .. } => Err(bad_request(
                 "marking backups broken or preserved is not available yet in this version",
             )),
@@ -830,6 +812,34 @@ impl Controller {
         }
         self.state.restore_options = None;
         self.persist();
+    }
+
+    /// `PATCH /binlogs`: the watcher owns the scanner; its answer is relayed from a task
+    /// thread so the controller does not wait for it.
+    fn skip_binlogs_for_api(&mut self, index: u64, reply: Sender<Reply>) {
+        let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
+        let request = WatcherRequest::SkipTo {
+            index,
+            reply: answer_tx,
+        };
+        if self.channels.watcher_requests.try_send(request).is_err() {
+            let _ = reply.send(Err(ApiError::unavailable("the binlog watcher is busy")));
+            return;
+        }
+        let relay = std::thread::Builder::new()
+            .name("skip-binlogs".into())
+            .spawn(move || {
+                // The watcher answers between polls, within milliseconds.
+                let answer = match answer_rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(())) => Ok(json!({"success": true})),
+                    Ok(Err(message)) => Err(bad_request(message)),
+                    Err(_) => Err(ApiError::unavailable("the binlog watcher did not answer")),
+                };
+                let _ = reply.send(answer);
+            });
+        if let Err(err) = relay {
+            log::error!("cannot start a thread for PATCH /binlogs: {err}");
+        }
     }
 
     fn rotate_for_api(&mut self, wait_for_upload: Option<Duration>, reply: Sender<Reply>) {

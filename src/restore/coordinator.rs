@@ -292,6 +292,9 @@ impl Coordinator {
                             _ => Phase::Failed,
                         };
                         self.save();
+                        if self.state.phase == Phase::FailedBasebackup {
+                            self.mark_broken_if_configured();
+                        }
                         continue;
                     }
                     if matches!(phase, Phase::RestoringBasebackup | Phase::PreparingBackup) {
@@ -303,6 +306,7 @@ impl Coordinator {
                             self.state.failure = Some(message);
                             self.state.phase = Phase::FailedBasebackup;
                             self.save();
+                            self.mark_broken_if_configured();
                             continue;
                         }
                     }
@@ -319,6 +323,24 @@ impl Coordinator {
                     self.sleep(backoff);
                 }
             }
+        }
+    }
+
+    /// `restore_auto_mark_backups_broken`: a snapshot that cannot be restored is marked broken
+    /// (`broken.json`), so that nobody else tries it and retention does not count it.
+    fn mark_broken_if_configured(&self) {
+        if !self.ctx.config.restore.auto_mark_backups_broken {
+            return;
+        }
+        let Ok(site) = self.site() else { return };
+        let key = format!("{}/{}", self.stream_prefix(), layout::BROKEN_NAME);
+        let marker = layout::BrokenMarker {
+            broken_at: layout::epoch_seconds(chrono::Utc::now()),
+            server_id: self.ctx.config.server_id,
+        };
+        match remote::put_marker(site.storage.as_ref(), &key, &marker) {
+            Ok(()) => log::warn!("marked backup {} broken", self.state.options.stream_id),
+            Err(err) => log::error!("marking backup {} broken: {err}", self.state.options.stream_id),
         }
     }
 

@@ -218,7 +218,7 @@ class Server:
         self.start()
         subprocess.run(["mariadb", "--no-defaults", "-uroot", f"-S{self.dir}/mysqld.sock", "-e",
                         f"SET PASSWORD FOR root@localhost = PASSWORD('{PASSWORD}'); "
-                        f"CREATE USER root@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'; "
+                        f"CREATE OR REPLACE USER root@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'; "
                         "GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;"], check=True)
 
     def start(self):
@@ -490,7 +490,7 @@ def insert_rows(table, offset, rows):
         f"CONCAT_WS(' ', {words_expr('seq')}, {words_expr('seq DIV 12')}, 'order', {s}, 'status', "
         f"ELT(1 + (seq DIV 144) % 4, 'pending', 'paid', 'shipped', 'refunded'), REPEAT('note ', seq % 17)), "
         f"SHA2({s}, 256), RANDOM_BYTES(40), TIMESTAMP'2026-01-01 00:00:00' + INTERVAL {s} SECOND "
-        f"FROM seq_1_to_{rows};"
+        f"FROM bench.seq_1_to_{rows};"
     )
 
 
@@ -773,7 +773,7 @@ def bench_upload_latency(bench):
     server.initialize()
     server.sql("CREATE DATABASE bench; CREATE TABLE bench.load_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
                "k INT, v VARCHAR(255), t TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB; "
-               "INSERT INTO bench.load_rows (k, v) SELECT seq, REPEAT('x', 100) FROM seq_1_to_10000")
+               "INSERT INTO bench.load_rows (k, v) SELECT seq, REPEAT('x', 100) FROM bench.seq_1_to_10000")
     storage = os.path.join(bench.work, "storage-latency")
     daemon = Daemon(bench, server, storage, rotation_interval=3600)
     daemon.start()
@@ -860,7 +860,7 @@ def bench_replay(bench):
     source = Server(bench, "replay-source", 21)
     source.initialize()
     source.sql("CREATE DATABASE bench; CREATE TABLE bench.tx (id BIGINT PRIMARY KEY, k INT, v VARCHAR(128), "
-               "n INT) ENGINE=InnoDB; INSERT INTO bench.tx SELECT seq, seq, 'seed', 0 FROM seq_1_to_10000")
+               "n INT) ENGINE=InnoDB; INSERT INTO bench.tx SELECT seq, seq, 'seed', 0 FROM bench.seq_1_to_10000")
     storage = os.path.join(bench.work, "storage-replay")
     daemon = Daemon(bench, source, storage)
     daemon.start()
