@@ -121,7 +121,7 @@ mariadb-install-db --no-defaults --user=root --datadir="$demo/a/data" --auth-roo
 wait_for 60 "the source server" mariadb --no-defaults -uroot -S "$demo/a/mysqld.sock" -e 'SELECT 1'
 mariadb --no-defaults -uroot -S "$demo/a/mysqld.sock" -e "SET PASSWORD FOR root@localhost = PASSWORD('demo'); CREATE USER IF NOT EXISTS root@'127.0.0.1'; ALTER USER root@'127.0.0.1' IDENTIFIED BY 'demo'; GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;"
 sql "$port_a" "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY AUTO_INCREMENT, item VARCHAR(40), qty INT)"
-sql "$port_a" "INSERT INTO shop.orders (item, qty) SELECT CONCAT('item-', seq), seq % 7 FROM seq_1_to_5000"
+sql "$port_a" "USE shop; INSERT INTO orders (item, qty) SELECT CONCAT('item-', seq), seq % 7 FROM seq_1_to_5000"
 
 say "starting myhoard for the source and switching it to active"
 "$myhoard" run --config "$demo/a/myhoard.json" >"$demo/a/myhoard.log" 2>&1 &

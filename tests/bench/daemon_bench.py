@@ -525,14 +525,17 @@ def load_big(server, size_gb):
         say(f"  {data_bytes() / 2**30:.2f} GiB of tables after {time.monotonic() - started:.0f} s")
     server.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
     # Let InnoDB write its dirty pages now, not while the snapshots are being timed.
-    server.sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001; SET GLOBAL innodb_max_dirty_pages_pct = 0")
+    defaults = server.sql("SELECT @@innodb_io_capacity, @@innodb_io_capacity_max").split("\t")
+    server.sql("SET GLOBAL innodb_io_capacity_max = 20000; SET GLOBAL innodb_io_capacity = 10000; "
+               "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001; SET GLOBAL innodb_max_dirty_pages_pct = 0")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         dirty = int(server.sql("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'").split()[-1])
         if dirty < 200:
             break
         time.sleep(2)
-    server.sql("SET GLOBAL innodb_max_dirty_pages_pct = 90; SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0")
+    server.sql("SET GLOBAL innodb_max_dirty_pages_pct = 90; SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0; "
+               f"SET GLOBAL innodb_io_capacity = {defaults[0]}; SET GLOBAL innodb_io_capacity_max = {defaults[1]}")
     rows = sum(offsets.values())
     say(f"  loaded {rows} rows in {time.monotonic() - started:.0f} s")
     return rows
@@ -919,7 +922,10 @@ def bench_replay(bench):
     os.makedirs(extract)
     keys = [f"default/{stream_id}/basebackup.xbstream"] + [
         f"default/{stream_id}/basebackup.xbstream.{n:03d}" for n in range(2, (info.get("number_of_splits") or 1) + 1)]
-    gets = "; ".join(f"{bench.myhoard} storage get --config {daemon.config_path} {key} -" for key in keys)
+    # The snapshot objects' metadata does not name their compression (basebackup_info does).
+    algorithm = info.get("compression_algorithm") or "snappy"
+    gets = "; ".join(f"{bench.myhoard} storage get --config {daemon.config_path} --compression {algorithm} {key} -"
+                     for key in keys)
     run_shell(f"( {gets} ) | mbstream -x -C {extract}", "fetching the snapshot")
     run_shell(f"mariabackup --defaults-file={base.cnf} --prepare --target-dir={extract} > {base.dir}/prepare.log 2>&1",
               "--prepare")
