@@ -45,6 +45,8 @@ const MAX_STREAMS: usize = 2;
 /// Re-list the backups this often outside active mode, and ten times less often in it.
 const BACKUP_REFRESH_INTERVAL: f64 = 120.0;
 const TICK: Duration = Duration::from_millis(200);
+/// How often a running snapshot's progress is logged.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One backup site, ready to use.
 pub struct SiteHandle {
@@ -82,6 +84,7 @@ struct Stream {
     snapshot_retry_at: Option<Instant>,
     marker_pending: bool,
     progress: Option<crate::basebackup::SnapshotProgress>,
+    progress_logged_at: Option<Instant>,
 }
 
 /// An API call waiting for uploads: `POST /backup {"backup_type": "binlog", "wait_for_upload"}`.
@@ -154,6 +157,7 @@ impl Controller {
                             snapshot_retry_at: None,
                             marker_pending: false,
                             progress: None,
+                            progress_logged_at: None,
                         },
                     );
                 }
@@ -454,6 +458,22 @@ impl Controller {
                 progress,
             } => {
                 if let Some(stream) = self.streams.get_mut(&stream_id) {
+                    let due = stream
+                        .progress_logged_at
+                        .is_none_or(|at| at.elapsed() >= PROGRESS_LOG_INTERVAL);
+                    if due {
+                        stream.progress_logged_at = Some(Instant::now());
+                        log::info!(
+                            "snapshot of {stream_id}: {:?}, {} MiB read, {} MiB stored{}",
+                            progress.stage,
+                            progress.original_bytes >> 20,
+                            progress.stored_bytes >> 20,
+                            progress
+                                .estimated_percent()
+                                .map(|p| format!(", about {p:.0}% of {} MiB", progress.estimated_total_bytes >> 20))
+                                .unwrap_or_default()
+                        );
+                    }
                     stream.progress = Some(*progress);
                 }
             }
@@ -580,7 +600,29 @@ impl Controller {
 
     fn answer(&mut self, request: ApiRequest) -> Reply {
         match request {
-            ApiRequest::GetStatus => Ok(json!({"mode": self.state.mode})),
+            ApiRequest::GetStatus => {
+                let mut status = json!({"mode": self.state.mode});
+                // Ours, added: the progress of snapshots being taken.
+                let snapshots: Vec<serde_json::Value> = self
+                    .streams
+                    .iter()
+                    .filter_map(|(id, stream)| {
+                        let progress = stream.progress.as_ref()?;
+                        Some(json!({
+                            "stream_id": id,
+                            "stage": progress.stage,
+                            "original_bytes": progress.original_bytes,
+                            "stored_bytes": progress.stored_bytes,
+                            "estimated_total_bytes": progress.estimated_total_bytes,
+                            "estimated_percent": progress.estimated_percent(),
+                        }))
+                    })
+                    .collect();
+                if !snapshots.is_empty() {
+                    status["basebackups_in_progress"] = serde_json::Value::Array(snapshots);
+                }
+                Ok(status)
+            }
             ApiRequest::SetMode(request) => self.set_mode_request(request),
             ApiRequest::GetRestoreStatus => match (&self.state.mode, &self.restore) {
                 (Mode::Restore, Some(restore)) => Ok(restore.status_json()),
@@ -1063,6 +1105,7 @@ impl Controller {
                 snapshot_retry_at: None,
                 marker_pending: false,
                 progress: None,
+                progress_logged_at: None,
             },
         );
         self.persist_stream(&stream_id);

@@ -132,6 +132,10 @@ def run_shell(command, what):
     return elapsed
 
 
+def row(label, seconds, note=""):
+    return f"{label:<62}{seconds:8.1f} s{note}"
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, int(round(fraction * (len(ordered) - 1)))))
@@ -605,13 +609,13 @@ def bench_snapshot(bench):
     lines = [
         f"== snapshot: {rows} rows, data directory {data_bytes / 1e9:.2f} GB "
         f"(tables {args.size_gb} GiB), zstd level {args.zstd_level}",
-        f"baseline  mariabackup | zstd -{args.zstd_level} | openssl enc > file   {baseline:8.1f} s"
-        f"   ({baseline_bytes / 1e6:.0f} MB; the file's fsync after it: {baseline_fsync:.1f} s)",
-        f"myhoard   PUT /status active -> GET /backup has basebackup_info  {request_time:8.1f} s"
-        f"   ({bench.snapshot['stored_bytes'] / 1e6:.0f} MB stored, zstd threads {args.zstd_threads})",
+        row(f"baseline  mariabackup | zstd -{args.zstd_level} | openssl enc > file", baseline,
+            f"   ({baseline_bytes / 1e6:.0f} MB; the file's fsync after it: {baseline_fsync:.1f} s)"),
+        row("myhoard   PUT /status active -> GET /backup has basebackup_info", request_time,
+            f"   ({bench.snapshot['stored_bytes'] / 1e6:.0f} MB stored, zstd threads {args.zstd_threads})"),
     ]
     if log_time is not None:
-        lines.append(f"myhoard   log 'taking the snapshot' -> 'snapshot ... stored'  {log_time:8.1f} s")
+        lines.append(row("myhoard   log 'taking the snapshot' -> 'snapshot ... stored'", log_time))
     lines.append(f"ratio myhoard/baseline: {request_time / baseline:.2f} (request to listing)"
                  + (f", {log_time / baseline:.2f} (log lines)" if log_time is not None else "")
                  + f"; against baseline + fsync: {request_time / (baseline + baseline_fsync):.2f}"
@@ -665,17 +669,16 @@ def bench_snapshot_restore(bench):
 
     lines = [
         f"== snapshot-restore: {snap['stored_bytes'] / 1e6:.0f} MB stored, {restored_bytes / 1e9:.2f} GB restored",
-        f"baseline  openssl enc -d | zstd -d | mbstream -x        {extract_time:8.1f} s",
-        f"baseline  mariabackup --prepare                         {prepare_time:8.1f} s",
-        f"baseline  mariabackup --move-back                       {move_time:8.1f} s",
-        f"baseline  extract + prepare                             {baseline:8.1f} s"
-        f"   (+ move-back: {baseline + move_time:.1f} s)",
+        row("baseline  openssl enc -d | zstd -d | mbstream -x", extract_time),
+        row("baseline  mariabackup --prepare", prepare_time),
+        row("baseline  mariabackup --move-back", move_time),
+        row("baseline  extract + prepare", baseline, f"   (+ move-back: {baseline + move_time:.1f} s)"),
     ]
     if request_time is not None:
-        lines.append(f"myhoard   PUT restore -> end of restoring_basebackup/preparing_backup (log) "
-                     f"{request_time:8.1f} s   (includes download, prepare, move-back)")
+        lines.append(row("myhoard   PUT restore -> end of restoring_basebackup (log)", request_time,
+                         "   (download+extract, prepare, move-back)"))
     if phase_time is not None:
-        lines.append(f"myhoard   log '→ RestoringBasebackup' -> '→ RefreshingBinlogs'            {phase_time:8.1f} s")
+        lines.append(row("myhoard   log '→ RestoringBasebackup' -> '→ RefreshingBinlogs'", phase_time))
     lines.append("myhoard   phases first seen (s after the request): "
                  + ", ".join(f"{phase} {at:.1f}" for phase, at in sorted(polled.items(), key=lambda kv: kv[1])))
     if request_time is not None:
@@ -906,7 +909,6 @@ def bench_replay(bench):
     apply_start, _ = restorer.first(r"restore phase \S+ → ApplyingBinlogs", after=requested - 1)
     finalizing, _ = restorer.first(r"restore phase \S+ → Finalizing", after=requested - 1)
     completed, _ = restorer.first(r"restore of .* completed", after=requested - 1)
-    restarted, _ = restorer.first(r"restarting mysqld with options \[.*relay", after=requested - 1)
     polled_start = min((at for phase, at in seen.items()
                         if phase in ("applying_binlogs", "waiting_for_apply_to_finish")), default=None)
     polled = seen["observe"] - polled_start if polled_start else None
@@ -948,19 +950,17 @@ def bench_replay(bench):
     lines = [
         f"== replay: {transactions} transactions after the snapshot (source GTID {source_gtid}), "
         f"{len(files)} binlogs, {binlog_bytes / 1e6:.0f} MB",
-        f"baseline  mariadb-binlog --start-position | mariadb   {baseline:8.1f} s  {transactions / baseline:8.0f} tx/s"
-        f"   (data {'matches' if ok_base else 'DIFFERS: ' + base_gtid})",
+        row("baseline  mariadb-binlog --start-position FILES | mariadb", baseline,
+            f"{transactions / baseline:9.0f} tx/s   (data {'matches' if ok_base else 'DIFFERS: ' + base_gtid})"),
     ]
     if log_apply:
-        lines.append(f"myhoard   log '→ ApplyingBinlogs' -> '→ Finalizing'   {log_apply:8.1f} s  "
-                     f"{transactions / log_apply:8.0f} tx/s   (includes the restart into apply mode)")
+        lines.append(row("myhoard   log '→ ApplyingBinlogs' -> '→ Finalizing'", log_apply,
+                         f"{transactions / log_apply:9.0f} tx/s   (the apply, server already in apply mode)"))
     if polled:
-        lines.append(f"myhoard   polled applying_binlogs -> mode observe     {polled:8.1f} s  "
-                     f"{transactions / polled:8.0f} tx/s   (includes the final restart)")
-    if restarted and finalizing:
-        lines.append(f"myhoard   log 'restarting mysqld ... relay' -> '→ Finalizing' {finalizing - restarted:.1f} s; "
-                     f"whole restore request -> 'completed' {completed - requested:.1f} s"
-                     if completed else "")
+        lines.append(row("myhoard   polled applying_binlogs -> mode observe", polled,
+                         f"{transactions / polled:9.0f} tx/s   (includes the final restart)"))
+    if completed:
+        lines.append(row("myhoard   whole restore: PUT /status restore -> 'completed'", completed - requested))
     lines.append(f"myhoard restored data {'matches' if ok_myhoard else 'DIFFERS: ' + myhoard_gtid}")
     if measure:
         lines.append(f"ratio myhoard/baseline in tx/s: {baseline / measure:.2f}   (target >= 2)")

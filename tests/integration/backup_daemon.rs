@@ -226,6 +226,10 @@ fn backup_under_load(flavor: Flavor) {
         assert!(entry.get(field).is_some(), "field {field} missing: {entry}");
     }
     assert_eq!(entry["resumable"], true);
+    assert!(
+        daemon.log_text().contains("MiB read"),
+        "snapshot progress is logged while it runs"
+    );
     assert_eq!(entry["site"], "default");
     assert!(
         daemon.stop(),
