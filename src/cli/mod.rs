@@ -4,6 +4,7 @@
 //! Runs on the main thread. Errors are printed once, here, with their whole context chain.
 
 mod binlog;
+mod env_update;
 mod storage;
 
 use std::ffi::OsString;
@@ -26,12 +27,18 @@ usage:
                       [--metadata JSON] INPUT|- KEY
   myhoard storage rm  --config PATH [--site NAME] KEY...
   myhoard binlog inspect [--transactions] [--strict] FILE...
+  myhoard mysql-env-update -f ENVFILE -b true|false -g true|false [-o OPTION]...
 
 The config path may also come from the MYHOARD_CONFIG environment variable. --site defaults to
 backup_settings.upload_site, or to the only site when there is one.
 
 binlog inspect prints one JSON line per file (and with --transactions one per transaction
-first); --strict treats an incomplete last event as damage rather than a file being written.";
+first); --strict treats an incomplete last event as damage rather than a file being written.
+
+mysql-env-update (run by the daemon through sudo before restarting mysqld under systemd) rewrites
+the MYSQLD_OPTS= line of ENVFILE: the -o options in order, or without -o MyHoard's options for
+-b false (binlog off) and -g false (GTIDs off); no line when there are none. Options with
+whitespace, quotes, backslashes or control characters are refused.";
 
 /// A usage error: exit code 2 with the usage text.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +234,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
                 other => Err(usage(format!("unknown binlog subcommand {other:?}"))),
             }
         }
+        "mysql-env-update" => mysql_env_update(parser),
         other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
@@ -419,4 +427,56 @@ fn binlog_inspect(mut parser: lexopt::Parser) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     binlog::inspect(&files, &options, &mut out)
+}
+
+/// `true` or `false`, as the daemon (and MyHoard) pass `-b` and `-g`.
+fn boolean(option: &str, value: OsString) -> Result<bool> {
+    match string(value)?.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(usage(format!(
+            "{option} takes true or false, not {other:?}"
+        ))),
+    }
+}
+
+fn mysql_env_update(mut parser: lexopt::Parser) -> Result<()> {
+    let (mut file, mut with_binlog, mut with_gtids) = (None, None, None);
+    let mut options = Vec::new();
+    // Each of -f, -b and -g at most once: sudoers pins `-f FILE` as the first arguments, and a
+    // second -f must not override it.
+    fn once<T>(slot: &mut Option<T>, option: &str, value: T) -> Result<()> {
+        if slot.replace(value).is_some() {
+            return Err(usage(format!("{option} given more than once")));
+        }
+        Ok(())
+    }
+    while let Some(opt) = Opt::next(&mut parser)? {
+        match opt {
+            Opt::Short('f') => once(&mut file, "-f", PathBuf::from(parser.value()?))?,
+            Opt::Short('b') => once(&mut with_binlog, "-b", boolean("-b", parser.value()?)?)?,
+            Opt::Short('g') => once(&mut with_gtids, "-g", boolean("-g", parser.value()?)?)?,
+            Opt::Short('o') => {
+                let option = string(parser.value()?)?;
+                env_update::check_option(&option).map_err(usage)?;
+                options.push(option);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let update = env_update::EnvUpdate {
+        file: file.ok_or_else(|| usage("mysql-env-update needs -f ENVFILE"))?,
+        with_binlog: with_binlog.ok_or_else(|| usage("mysql-env-update needs -b true|false"))?,
+        with_gtids: with_gtids.ok_or_else(|| usage("mysql-env-update needs -g true|false"))?,
+        options,
+    };
+    match env_update::run(&update)? {
+        Some(line) => println!("{}: {line}", update.file.display()),
+        None => println!(
+            "{}: no {} line",
+            update.file.display(),
+            env_update::VARIABLE
+        ),
+    }
+    Ok(())
 }

@@ -470,7 +470,10 @@ impl Controller {
                             progress.stored_bytes >> 20,
                             progress
                                 .estimated_percent()
-                                .map(|p| format!(", about {p:.0}% of {} MiB", progress.estimated_total_bytes >> 20))
+                                .map(|p| format!(
+                                    ", about {p:.0}% of {} MiB",
+                                    progress.estimated_total_bytes >> 20
+                                ))
                                 .unwrap_or_default()
                         );
                     }

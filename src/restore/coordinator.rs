@@ -340,7 +340,10 @@ impl Coordinator {
         };
         match remote::put_marker(site.storage.as_ref(), &key, &marker) {
             Ok(()) => log::warn!("marked backup {} broken", self.state.options.stream_id),
-            Err(err) => log::error!("marking backup {} broken: {err}", self.state.options.stream_id),
+            Err(err) => log::error!(
+                "marking backup {} broken: {err}",
+                self.state.options.stream_id
+            ),
         }
     }
 

@@ -161,6 +161,7 @@ class Bench:
         self.servers = []
         self.daemons = []
         self.results = []
+        self.warnings = {}  # daemon log -> its WARN and ERROR lines
         self.myhoard = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                                     "release", "myhoard")
         self.snapshot = None  # what `snapshot` left for `snapshot-restore`
@@ -344,6 +345,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc and self.log_path not in self.bench.warnings and os.path.exists(self.log_path):
+            self.bench.warnings[self.log_path] = self.problems()
 
     def api(self, method, path, body=None, timeout=30):
         data = json.dumps(body).encode() if body is not None else None
@@ -1012,9 +1015,10 @@ def main():
              "snapshot-restore": bench_snapshot_restore}[name](bench)
         print("\n".join(["", "=== results"] + bench.results), flush=True)
         for daemon in bench.daemons:
-            problems = daemon.problems()
+            daemon.stop()
+        for log_path, problems in bench.warnings.items():
             if problems:
-                print(f"warnings/errors in {os.path.relpath(daemon.log_path, bench.work)}:")
+                print(f"warnings/errors in {os.path.relpath(log_path, bench.work)}:")
                 for line in problems[:20]:
                     print("  " + line)
     finally:

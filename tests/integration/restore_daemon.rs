@@ -165,10 +165,11 @@ impl Drop for Target {
         self.daemon.kill9();
         // The daemon started this mysqld itself (start_command): end it by its pid file.
         let pid_file = self.db.dir().join("mysqld.pid");
-        if let Ok(text) = std::fs::read_to_string(pid_file) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", text.trim()])
-                .status();
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+        {
+            daemon::send_signal(pid, daemon::SIGKILL);
         }
     }
 }

@@ -52,6 +52,23 @@ pub fn local_site(storage_dir: &Path, keys: &KeyPair, algorithm: &str) -> Value 
     })
 }
 
+pub const SIGTERM: i32 = 15;
+pub const SIGKILL: i32 = 9;
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Sends `signal` to `pid`; a process that is gone already is fine.
+pub fn send_signal(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+        unsafe {
+            kill(pid, signal);
+        }
+    }
+}
+
 /// One running myhoard daemon.
 pub struct Daemon {
     dir: PathBuf,
@@ -130,9 +147,7 @@ impl Daemon {
         let Some(mut process) = self.process.take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &process.pid().to_string()])
-            .status();
+        send_signal(process.pid(), SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(status) = process.exit_status() {
