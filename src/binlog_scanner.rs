@@ -67,8 +67,16 @@ impl BinlogScanner {
         server_id: u32,
     ) -> anyhow::Result<BinlogScanner> {
         let state_path = state_directory.join(STATE_FILE);
-        let state = state::read_json(&state_path)?.unwrap_or_default();
-        let binlogs = AppendOnlyList::open(&state_directory.join(LIST_FILE))?;
+        let mut state: ScannerState = state::read_json(&state_path)?.unwrap_or_default();
+        let binlogs: AppendOnlyList<BinlogInfo> =
+            AppendOnlyList::open(&state_directory.join(LIST_FILE))?;
+        // The list is written before the counters: after a crash in between, the list is ahead
+        // and decides, or the last file would be recorded twice.
+        if let Some(last) = binlogs.entries().last()
+            && last.local_index >= state.next_index
+        {
+            state.next_index = last.local_index + 1;
+        }
         Ok(BinlogScanner {
             prefix: binlog_prefix.to_owned(),
             server_id,

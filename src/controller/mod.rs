@@ -121,6 +121,9 @@ pub struct Controller {
     /// The binlog position right after our last rotation.
     position_after_rotation: Option<(String, u64)>,
     deleting: BTreeSet<String>,
+    /// Bumped whenever the controller changes storage in a way a listing shows (a deleted
+    /// backup, a marker): a listing started before that is stale and is redone.
+    listing_generation: u64,
     info_cache: BTreeMap<String, BasebackupInfo>,
     waiters: Vec<UploadWaiter>,
     restore: Option<RestoreHandle>,
@@ -181,6 +184,7 @@ impl Controller {
             rotating: false,
             position_after_rotation: None,
             deleting: BTreeSet::new(),
+            listing_generation: 0,
             info_cache: BTreeMap::new(),
             waiters: Vec::new(),
             restore: None,
@@ -283,6 +287,7 @@ impl Controller {
         match event {
             WatcherEvent::Initial(binlogs) => {
                 self.binlogs = binlogs;
+                self.binlogs.dedup_by_key(|b| b.local_index);
                 self.binlogs_loaded = true;
             }
             WatcherEvent::Scanned(result) => {
@@ -290,8 +295,11 @@ impl Controller {
                     let removed: BTreeSet<u64> = result.removed.iter().copied().collect();
                     self.binlogs.retain(|b| !removed.contains(&b.local_index));
                 }
-                if !result.added.is_empty() {
-                    for info in &result.added {
+                let known = self.binlogs.last().map(|b| b.local_index).unwrap_or(0);
+                let mut added = result.added;
+                added.retain(|b| b.local_index > known);
+                if !added.is_empty() {
+                    for info in &added {
                         log::info!(
                             "new binlog {} ({} bytes, {} GTID ranges)",
                             info.file_name,
@@ -300,7 +308,7 @@ impl Controller {
                         );
                     }
                     self.state.last_binlog_rotation = now_epoch();
-                    self.binlogs.extend(result.added);
+                    self.binlogs.extend(added);
                 }
             }
             WatcherEvent::Failed(_) => {}
@@ -396,9 +404,18 @@ impl Controller {
                     }
                 }
             }
-            Event::BackupsListed { result, info_cache } => {
+            Event::BackupsListed {
+                result,
+                info_cache,
+                generation,
+            } => {
                 self.refreshing = false;
                 self.info_cache = info_cache;
+                if generation != self.listing_generation {
+                    // Storage changed while it was listed: list again.
+                    self.state.backups_fetched_at = 0.0;
+                    return;
+                }
                 match result {
                     Ok(backups) => {
                         self.state.backups = backups;
@@ -490,6 +507,7 @@ impl Controller {
                 self.deleting.remove(&stream_id);
                 match result {
                     Ok(count) => {
+                        self.listing_generation += 1;
                         log::info!("deleted backup {stream_id} ({count} objects)");
                         self.state.backups.retain(|b| b.stream_id != stream_id);
                         self.info_cache.remove(&stream_id);
@@ -581,6 +599,7 @@ impl Controller {
                 let _ = state_files::remove(&self.ctx.stream_state_path(stream_id));
             }
         }
+        self.listing_generation += 1;
         self.state.backups_fetched_at = 0.0;
         self.persist();
     }
@@ -958,8 +977,9 @@ impl Controller {
         self.refreshing = true;
         let ctx = Arc::clone(&self.ctx);
         let cache = self.info_cache.clone();
+        let generation = self.listing_generation;
         tasks::spawn("list-backups", &self.events_tx, move || {
-            tasks::list_backups(&ctx, cache)
+            tasks::list_backups(&ctx, cache, generation)
         });
     }
 

@@ -27,6 +27,8 @@ pub enum Event {
     BackupsListed {
         result: Result<Vec<BackupEntry>, String>,
         info_cache: BTreeMap<String, BasebackupInfo>,
+        /// The controller's listing generation when the listing started.
+        generation: u64,
     },
     Rotated {
         result: Result<RotationOutcome, String>,
@@ -111,7 +113,11 @@ pub fn probe_server(ctx: &Context) -> Event {
     Event::ServerProbed(result.map_err(|e| format!("{e:#}")))
 }
 
-pub fn list_backups(ctx: &Context, mut info_cache: BTreeMap<String, BasebackupInfo>) -> Event {
+pub fn list_backups(
+    ctx: &Context,
+    mut info_cache: BTreeMap<String, BasebackupInfo>,
+    generation: u64,
+) -> Event {
     let mut all = Vec::new();
     let mut failure = None;
     for (name, site) in &ctx.sites {
@@ -135,6 +141,7 @@ pub fn list_backups(ctx: &Context, mut info_cache: BTreeMap<String, BasebackupIn
             None => Ok(all),
         },
         info_cache,
+        generation,
     }
 }
 
