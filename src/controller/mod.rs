@@ -364,11 +364,7 @@ impl Controller {
                 );
                 // Drop it and everything after it from the in-flight set: they are redone in
                 // order, to the same keys.
-                stream
-                    .in_flight
-                    .retain(|index, (_, done)| *index < local_index || *done);
-                let first_failed = local_index;
-                stream.in_flight.retain(|index, _| *index < first_failed);
+                stream.in_flight.retain(|index, _| *index < local_index);
                 stream.retry_uploads_at = Some(Instant::now() + backoff);
             }
         }

@@ -1000,13 +1000,13 @@ def main():
                  "zstd", "openssl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not on PATH")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "myhoard"], cwd=ROOT, check=True)
-
     # SIGTERM cleans up like Ctrl-C does.
     def interrupted(*_):
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, interrupted)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "myhoard"], cwd=ROOT, check=True)
+
     bench = Bench(args)
     try:
         check_space(bench, selected)
