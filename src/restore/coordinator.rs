@@ -582,17 +582,26 @@ impl Coordinator {
             .and_then(|version| Ok(Flavor::parse(version)?))
             .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?;
         self.flavor = Some(flavor);
+        let mut apply_options = apply::apply_mysqld_options(
+            flavor,
+            config.server_id,
+            info.uploaded_from,
+            &config.mysql.relay_log_prefix,
+            &config.mysql.relay_log_index_file,
+        )
+        .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?;
+        // No fsync per replayed commit: a crash of the server during the replay loses at most
+        // the last second of it, which the applier replays again (its position is in InnoDB),
+        // and an OS crash means starting the restore over anyway. The final restart goes back
+        // to the server's own settings.
+        apply_options.extend([
+            "--innodb-flush-log-at-trx-commit=2".to_owned(),
+            "--sync-binlog=0".to_owned(),
+        ]);
         let options = ServerOptions {
             with_binlog: flavor.is_mariadb(),
             with_gtids: true,
-            options: apply::apply_mysqld_options(
-                flavor,
-                config.server_id,
-                info.uploaded_from,
-                &config.mysql.relay_log_prefix,
-                &config.mysql.relay_log_index_file,
-            )
-            .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?,
+            options: apply_options,
         };
         if self.state.server_options.as_ref() != Some(&options) {
             mysqld::restart(&config.mysqld, &config.mysql.client_params, &options)?;
