@@ -590,10 +590,9 @@ impl Coordinator {
             &config.mysql.relay_log_index_file,
         )
         .map_err(|e| anyhow!(Permanent(format!("{e:#}"))))?;
-        // No fsync per replayed commit: a crash of the server during the replay loses at most
-        // the last second of it, which the applier replays again (its position is in InnoDB),
-        // and an OS crash means starting the restore over anyway. The final restart goes back
-        // to the server's own settings.
+        // No fsync per replayed commit: each commit still reaches the OS, so a crash of mysqld
+        // loses nothing; only an OS crash can lose the last second, and after one the restore
+        // is started over. The final restart goes back to the server's own settings.
         apply_options.extend([
             "--innodb-flush-log-at-trx-commit=2".to_owned(),
             "--sync-binlog=0".to_owned(),
