@@ -499,6 +499,10 @@ impl Controller {
                 marker,
                 result,
             } => self.marker_written(&stream_id, marker, result),
+            Event::StorageChanged => {
+                self.listing_generation += 1;
+                self.state.backups_fetched_at = 0.0;
+            }
             Event::StreamDeleted { stream_id, result } => {
                 self.deleting.remove(&stream_id);
                 match result {
@@ -609,6 +613,9 @@ impl Controller {
                 self.rotate_for_api(wait_for_upload, reply);
             }
             ApiRequest::SetBinlogIndex { index } => self.skip_binlogs_for_api(index, reply),
+            request @ (ApiRequest::MarkBroken { .. } | ApiRequest::Preserve { .. }) => {
+                self.write_marker_for_api(request, reply);
+            }
             request => {
                 let answer = self.answer(request);
                 let _ = reply.send(answer);
@@ -702,11 +709,57 @@ impl Controller {
                 self.persist();
                 Ok(json!({"success": true}))
             }
-            ApiRequest::SetBinlogIndex { .. } => unreachable_request(),
-            ApiRequest::MarkBroken { .. } | ApiRequest::Preserve { .. } => Err(bad_request(
-                "marking backups broken or preserved is not available yet in this version",
-            )),
+            ApiRequest::SetBinlogIndex { .. }
+            | ApiRequest::MarkBroken { .. }
+            | ApiRequest::Preserve { .. } => unreachable_request(),
         }
+    }
+
+    /// `PATCH /backup/{id}` and `PUT /backup/{id}/preserve`: the marker is written (or
+    /// removed) by a task thread, which answers the request once storage has it.
+    fn write_marker_for_api(&mut self, request: ApiRequest, reply: Sender<Reply>) {
+        let (stream_id, marker) = match request {
+            ApiRequest::MarkBroken {
+                stream_id, broken, ..
+            } => {
+                if self.state.mode != Mode::Active {
+                    let _ = reply.send(Err(bad_request(format!(
+                        "Mode is {}, backups can only be marked broken in active mode",
+                        self.state.mode
+                    ))));
+                    return;
+                }
+                (stream_id, tasks::ApiMarker::Broken(broken))
+            }
+            ApiRequest::Preserve {
+                stream_id, until, ..
+            } => (
+                stream_id,
+                tasks::ApiMarker::Preserved(
+                    until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)),
+                ),
+            ),
+            _ => {
+                let _ = reply.send(unreachable_request());
+                return;
+            }
+        };
+        let Some(backup) = self.state.backups.iter().find(|b| b.stream_id == stream_id) else {
+            let _ = reply.send(Err(bad_request(format!(
+                "Stream {stream_id} was not found in the backup list"
+            ))));
+            return;
+        };
+        let site = backup.site.clone();
+        let ctx = Arc::clone(&self.ctx);
+        tasks::spawn("write-marker", &self.events_tx, move || {
+            let result = tasks::write_api_marker(&ctx, &site, &stream_id, &marker);
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(json!({"success": true})),
+                Err(message) => Err(ApiError::internal(message.clone())),
+            });
+            Event::StorageChanged
+        });
     }
 
     fn set_mode_request(&mut self, request: ModeRequest) -> Reply {

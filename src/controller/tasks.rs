@@ -53,6 +53,17 @@ pub enum Event {
         stream_id: String,
         result: Result<usize, String>,
     },
+    /// An API request changed marker objects: the backup list is out of date.
+    StorageChanged,
+}
+
+/// A marker an API request writes.
+#[derive(Debug, Clone)]
+pub enum ApiMarker {
+    /// `broken.json` written (true) or deleted (false).
+    Broken(bool),
+    /// `preserved.json` with this `preserve_until` (ISO 8601, or none).
+    Preserved(Option<String>),
 }
 
 /// What the controller learns from the server at start.
@@ -329,6 +340,47 @@ pub fn write_marker(ctx: &Context, stream: &StreamState, marker: Marker) -> Even
         marker,
         result: result.map_err(|e| format!("{e:#}")),
     }
+}
+
+/// Writes or removes the marker an API request asked for.
+pub fn write_api_marker(
+    ctx: &Context,
+    site: &str,
+    stream_id: &str,
+    marker: &ApiMarker,
+) -> Result<(), String> {
+    let handle = ctx
+        .sites
+        .get(site)
+        .ok_or_else(|| format!("unknown site {site}"))?;
+    let prefix = layout::stream_prefix(site, stream_id);
+    let storage = handle.storage.as_ref();
+    let server_id = ctx.config.server_id;
+    let result = match marker {
+        ApiMarker::Broken(true) => remote::put_marker(
+            storage,
+            &format!("{prefix}/{}", layout::BROKEN_NAME),
+            &layout::BrokenMarker {
+                broken_at: layout::epoch_seconds(Utc::now()),
+                server_id,
+            },
+        ),
+        ApiMarker::Broken(false) => {
+            remote::delete_if_present(storage, &format!("{prefix}/{}", layout::BROKEN_NAME))
+        }
+        ApiMarker::Preserved(until) => remote::put_marker(
+            storage,
+            &format!("{prefix}/{}", layout::PRESERVED_NAME),
+            &layout::PreservedMarker {
+                preserve_until: until.clone(),
+                server_id,
+            },
+        ),
+    };
+    result.map_err(|err| {
+        log::error!("writing a marker of {stream_id}: {err}");
+        err.to_string()
+    })
 }
 
 pub fn delete_stream(ctx: &Context, site: &str, stream_id: &str) -> Event {

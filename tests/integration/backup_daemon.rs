@@ -471,3 +471,82 @@ fn retention_deletes_the_oldest_streams() {
         },
     );
 }
+
+/// `PATCH /backup/{id}` marks a backup broken and back, `PUT /backup/{id}/preserve` records a
+/// preservation; both show in storage and in `GET /backup`.
+#[test]
+fn mark_broken_and_preserve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let keys = shared_key_pair();
+    let Some((_db, daemon)) = start_active(
+        Flavor::MariaDb,
+        dir.path(),
+        daemon::local_site(&storage, &keys, "snappy"),
+        |_| {},
+    ) else {
+        return;
+    };
+    let backup = daemon.wait_completed_backup(Duration::from_secs(300));
+    let stream_id = backup["stream_id"].as_str().unwrap_or_default().to_owned();
+    let listed = |field: &'static str| {
+        let stream_id = stream_id.clone();
+        move |d: &Daemon| {
+            d.backups()
+                .into_iter()
+                .find(|b| b["stream_id"] == stream_id.as_str())
+                .map(|b| b[field].clone())
+        }
+    };
+    let (status, body) = daemon.send(
+        "PATCH",
+        &format!("/backup/{stream_id}"),
+        r#"{"broken": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        storage
+            .join("default")
+            .join(&stream_id)
+            .join("broken.json")
+            .exists()
+    );
+    let get_broken = listed("broken_at");
+    daemon.wait_for("broken_at in the list", Duration::from_secs(30), |d| {
+        get_broken(d).filter(Value::is_number)
+    });
+    let (status, body) = daemon.send(
+        "PATCH",
+        &format!("/backup/{stream_id}"),
+        r#"{"broken": false}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !storage
+            .join("default")
+            .join(&stream_id)
+            .join("broken.json")
+            .exists()
+    );
+    daemon.wait_for("broken_at cleared", Duration::from_secs(30), |d| {
+        get_broken(d).filter(Value::is_null)
+    });
+    let (status, body) = daemon.put(
+        &format!("/backup/{stream_id}/preserve"),
+        json!({"preserve_until": "2099-01-01T00:00:00+00:00"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let get_preserve = listed("preserve_until");
+    let preserve_until =
+        daemon.wait_for("preserve_until in the list", Duration::from_secs(30), |d| {
+            get_preserve(d).filter(Value::is_string)
+        });
+    assert!(
+        preserve_until
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("2099-01-01T00:00:00")
+    );
+    let (status, body) = daemon.send("PATCH", "/backup/no-such-stream", r#"{"broken": true}"#);
+    assert_eq!(status, 400, "{body}");
+}
