@@ -110,6 +110,12 @@ pub fn list_site_backups(
                 with_metadata: true,
             },
         )?;
+        if listing.objects.is_empty() {
+            // Nothing stored at the stream's top level: a deleted stream's leftover empty
+            // "directories" (local storage), or a snapshot whose first split is not stored yet.
+            // Neither is a backup to list.
+            continue;
+        }
         let mut names: BTreeMap<&str, &storage::ObjectInfo> = BTreeMap::new();
         for object in &listing.objects {
             if let Some(name) = object.key.rsplit('/').next() {
