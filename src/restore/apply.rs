@@ -823,6 +823,12 @@ pub struct BatchState {
     /// What the server holds once the batch is applied.
     pub expected_gtids: GtidSet,
     pub until: Option<BatchUntil>,
+    /// Where the last relay log is cut: the start of the first transaction not to apply. The
+    /// UNTIL clause alone is not enough: MySQL's multi-threaded applier, started again after
+    /// a crash left gaps to fill, has been seen to run past `UNTIL SQL_AFTER_GTIDS`; with
+    /// nothing after the stop in the relay logs, nothing can be applied past it.
+    #[serde(default)]
+    pub cut_last_at: Option<u64>,
     /// `START REPLICA SQL_THREAD` statements issued for the batch (more than one after a
     /// restart of mysqld or a retry).
     pub n_sql_thread_starts: u64,
@@ -988,7 +994,12 @@ pub fn apply_batch(
                 current.stage = BatchStage::Placing;
             }
             BatchStage::Placing => {
-                place_files(flavor, &current.files, &state.relay_log_index)?;
+                place_files(
+                    flavor,
+                    &current.files,
+                    current.cut_last_at,
+                    &state.relay_log_index,
+                )?;
                 current.stage = BatchStage::Configuring;
             }
             BatchStage::Configuring => {
@@ -1095,6 +1106,7 @@ fn new_batch_state(
         start_pos: first.plan.start_pos,
         expected_gtids,
         until,
+        cut_last_at: last.plan.stop().map(|stop| stop.next_transaction_start),
         n_sql_thread_starts: 0,
     })
 }
@@ -1133,7 +1145,12 @@ fn file_name(path: &Path) -> Result<String, Error> {
 
 /// Moves each download to its relay log name (a file already moved there by an interrupted
 /// earlier run is kept), writes the relay log index listing them, and makes both durable.
-fn place_files(flavor: Flavor, files: &[HandedOverFile], index: &Path) -> Result<(), Error> {
+fn place_files(
+    flavor: Flavor,
+    files: &[HandedOverFile],
+    cut_last_at: Option<u64>,
+    index: &Path,
+) -> Result<(), Error> {
     for file in files {
         match fs::symlink_metadata(&file.download_path) {
             Ok(_) => move_into_place(&file.download_path, &file.relay_log)?,
@@ -1148,6 +1165,11 @@ fn place_files(flavor: Flavor, files: &[HandedOverFile], index: &Path) -> Result
             Err(err) => return Err(io_error("checking", &file.download_path)(err)),
         }
     }
+    // Cut after the move, never the download: a download is what a resumed restore plans
+    // from again, and a relay log is ours alone. Cutting to the same length twice is a no-op.
+    if let (Some(cut_at), Some(last)) = (cut_last_at, files.last()) {
+        cut_relay_log(&last.relay_log, cut_at)?;
+    }
     let relay_logs: Vec<&Path> = files.iter().map(|file| file.relay_log.as_path()).collect();
     write_atomically(index, flavor.relay_log_index_text(&relay_logs).as_bytes())?;
     let directories: BTreeSet<&Path> = relay_logs
@@ -1156,6 +1178,24 @@ fn place_files(flavor: Flavor, files: &[HandedOverFile], index: &Path) -> Result
         .collect();
     for directory in directories {
         sync_directory(directory)?;
+    }
+    Ok(())
+}
+
+/// Shortens `relay_log` to `length` bytes (when longer) and syncs it.
+fn cut_relay_log(relay_log: &Path, length: u64) -> Result<(), Error> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(relay_log)
+        .map_err(io_error("opening to cut", relay_log))?;
+    let current = file
+        .metadata()
+        .map_err(io_error("reading the size of", relay_log))?
+        .len();
+    if current > length {
+        file.set_len(length)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("cutting", relay_log))?;
     }
     Ok(())
 }
@@ -2001,6 +2041,7 @@ mod tests {
                 file: "relay.000001".to_owned(),
                 pos: 1234,
             }),
+            cut_last_at: Some(1234),
             n_sql_thread_starts: 0,
         });
         let json = serde_json::to_string(&state).expect("serialize");

@@ -248,6 +248,15 @@ fn hand_over(client: &mut Client, persisted: &mut Persisted, batch: &[BatchFile]
         assert_eq!(n_crashes, 5);
     }
     assert_eq!(state, persisted.state);
+    // The relay log holding the stop ends right before the first transaction not to apply.
+    if let Some(stop) = batch.last().and_then(|file| file.plan.stop()) {
+        let handed_over = state.batch.as_ref().and_then(|batch| batch.files.last());
+        let relay_log = &handed_over.expect("a batch in progress").relay_log;
+        let length = std::fs::metadata(relay_log)
+            .expect("the last relay log")
+            .len();
+        assert_eq!(length, stop.next_transaction_start, "{relay_log:?}");
+    }
 }
 
 /// Polls the running batch until it is applied; panics on an SQL thread error or a timeout.
