@@ -12,6 +12,9 @@
 //! writes happened and none rotated it for `forced_binlog_rotation_interval`; delete backups
 //! retention no longer keeps.
 
+mod observe;
+mod promote;
+mod purging;
 pub mod state;
 pub mod tasks;
 
@@ -87,6 +90,21 @@ struct Stream {
     progress_logged_at: Option<Instant>,
 }
 
+impl Stream {
+    fn new(state: StreamState) -> Stream {
+        Stream {
+            state,
+            in_flight: BTreeMap::new(),
+            retry_uploads_at: None,
+            snapshot_running: None,
+            snapshot_retry_at: None,
+            marker_pending: false,
+            progress: None,
+            progress_logged_at: None,
+        }
+    }
+}
+
 /// An API call waiting for uploads: `POST /backup {"backup_type": "binlog", "wait_for_upload"}`.
 struct UploadWaiter {
     local_index: u64,
@@ -125,6 +143,18 @@ pub struct Controller {
     /// backup, a marker): a listing started before that is stale and is redone.
     listing_generation: u64,
     info_cache: BTreeMap<String, BasebackupInfo>,
+    /// Finished backup listings; a new one makes the observed streams stale.
+    backups_listed_count: u64,
+    /// What the last look at other servers' streams found; `None` before the first.
+    observed: Option<Vec<observe::ObservedStream>>,
+    observing: bool,
+    observed_at: f64,
+    observed_listing_generation: u64,
+    /// A promotion attempt is running on a task thread.
+    promoting: bool,
+    promote_retry_at: Option<Instant>,
+    /// The last promotion attempt found stored transactions this server lacks.
+    waiting_for_missing: bool,
     waiters: Vec<UploadWaiter>,
     restore: Option<RestoreHandle>,
     events_tx: Sender<Event>,
@@ -150,19 +180,7 @@ impl Controller {
             let path = ctx.stream_state_path(stream_id);
             match state_files::read_json::<StreamState>(&path)? {
                 Some(stream_state) => {
-                    streams.insert(
-                        stream_id.clone(),
-                        Stream {
-                            state: stream_state,
-                            in_flight: BTreeMap::new(),
-                            retry_uploads_at: None,
-                            snapshot_running: None,
-                            snapshot_retry_at: None,
-                            marker_pending: false,
-                            progress: None,
-                            progress_logged_at: None,
-                        },
-                    );
+                    streams.insert(stream_id.clone(), Stream::new(stream_state));
                 }
                 None => log::warn!(
                     "no state file for owned stream {stream_id}; it is dropped from this node"
@@ -186,6 +204,14 @@ impl Controller {
             deleting: BTreeSet::new(),
             listing_generation: 0,
             info_cache: BTreeMap::new(),
+            backups_listed_count: 0,
+            observed: None,
+            observing: false,
+            observed_at: 0.0,
+            observed_listing_generation: 0,
+            promoting: false,
+            promote_retry_at: None,
+            waiting_for_missing: false,
             waiters: Vec::new(),
             restore: None,
             events_tx,
@@ -416,6 +442,7 @@ impl Controller {
                     Ok(backups) => {
                         self.state.backups = backups;
                         self.state.backups_fetched_at = now_epoch();
+                        self.backups_listed_count += 1;
                         self.persist();
                         if self.state.mode == Mode::Active {
                             self.apply_retention();
@@ -427,6 +454,9 @@ impl Controller {
                     }
                 }
             }
+            Event::StreamsObserved(result) => self.streams_observed(result),
+            Event::BinlogsPurged { round, result } => self.binlogs_purged(round, result),
+            Event::TakenOver(result) => self.taken_over(result),
             Event::Rotated {
                 result,
                 reply,
@@ -799,6 +829,14 @@ impl Controller {
                 }
             },
             RequestedMode::Active => match current {
+                Mode::Promote if request.force && self.waiting_for_missing => {
+                    log::warn!(
+                        "promotion forced: stored transactions this server lacks are given up"
+                    );
+                    self.state.force_promote = true;
+                    self.promote_retry_at = None;
+                    self.persist();
+                }
                 Mode::Active | Mode::Promote => {
                     if request.force {
                         return Err(bad_request(
@@ -982,7 +1020,8 @@ impl Controller {
             self.restore_finished(outcome);
         }
         match self.state.mode {
-            Mode::Idle | Mode::Observe => self.refresh_backups_if_stale(BACKUP_REFRESH_INTERVAL),
+            Mode::Idle => self.refresh_backups_if_stale(BACKUP_REFRESH_INTERVAL),
+            Mode::Observe => self.tick_observe(),
             Mode::Promote => self.tick_promote(),
             Mode::Active => self.tick_active(),
             Mode::Restore => self.tick_restore(),
@@ -1046,16 +1085,6 @@ impl Controller {
         false
     }
 
-    /// Promotion without streams to take over: straight to active (stream takeover after a
-    /// failover is the high-availability work that follows).
-    fn tick_promote(&mut self) {
-        if self.state.backups_fetched_at == 0.0 {
-            self.refresh_backups_if_stale(0.0);
-        } else if !self.refreshing {
-            self.set_mode(Mode::Active);
-        }
-    }
-
     fn tick_active(&mut self) {
         if !self.ensure_server_probed() || !self.binlogs_loaded {
             return;
@@ -1069,6 +1098,7 @@ impl Controller {
         }
         self.complete_and_close_streams();
         self.rotate_if_due();
+        self.purge_binlogs_if_due();
     }
 
     fn stream_schedules(&self) -> Vec<schedule::StreamSchedule> {
@@ -1162,24 +1192,13 @@ impl Controller {
             last_binlog_upload_time: None,
             updated_at: layout::epoch_seconds(now),
             backup_errors: 0,
+            takeover_remote_gtids: None,
         };
         log::info!(
             "starting backup stream {stream_id} ({})",
             state.backup_reason
         );
-        self.streams.insert(
-            stream_id.clone(),
-            Stream {
-                state,
-                in_flight: BTreeMap::new(),
-                retry_uploads_at: None,
-                snapshot_running: None,
-                snapshot_retry_at: None,
-                marker_pending: false,
-                progress: None,
-                progress_logged_at: None,
-            },
-        );
+        self.streams.insert(stream_id.clone(), Stream::new(state));
         self.persist_stream(&stream_id);
         self.state.owned_stream_ids.push(stream_id);
         self.state.backup_request = None;
@@ -1212,22 +1231,26 @@ impl Controller {
                     tasks::take_snapshot(&ctx, server.flavor, &state, &cancel, &events)
                 });
             }
-            Phase::BinlogCatchup | Phase::Binlog => self.dispatch_uploads(stream_id),
+            Phase::BinlogCatchup | Phase::Binlog => {
+                self.skip_binlogs_already_stored(stream_id);
+                self.dispatch_uploads(stream_id);
+            }
             Phase::None => {}
         }
     }
 
     /// The local binlogs `stream` still has to upload, in order.
     fn pending_binlogs<'a>(binlogs: &'a [BinlogInfo], state: &StreamState) -> Vec<&'a BinlogInfo> {
-        let first_needed = if state.valid_local_binlog_found {
-            0
-        } else {
-            state
-                .basebackup_info
-                .as_ref()
-                .and_then(|info| info.binlog_index)
-                .unwrap_or(0)
-        };
+        let first_needed =
+            if state.valid_local_binlog_found || state.takeover_remote_gtids.is_some() {
+                0
+            } else {
+                state
+                    .basebackup_info
+                    .as_ref()
+                    .and_then(|info| info.binlog_index)
+                    .unwrap_or(0)
+            };
         binlogs
             .iter()
             .filter(|b| {
@@ -1428,6 +1451,7 @@ impl Controller {
 
     fn tick_restore(&mut self) {
         self.refresh_backups_if_stale(BACKUP_REFRESH_INTERVAL);
+        self.purge_binlogs_if_due();
         if self.restore.is_some() {
             return;
         }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup_stream::layout::{BasebackupInfo, ClosedMarker, CompletedMarker};
 use crate::backup_stream::remote::BackupEntry;
+use crate::gtid::GtidSet;
 use crate::schedule::BackupRequest;
 
 pub const CONTROLLER_STATE_FILE: &str = "myhoard_controller_state.json";
@@ -79,6 +80,11 @@ pub struct ControllerState {
     /// stream id → requested `preserve_until` (ISO 8601 or null).
     pub pending_preservation_requests: BTreeMap<String, Option<String>>,
     pub errors: u64,
+    /// When the last binlog purge round ran (epoch seconds; 0 before the first): set when a
+    /// round starts, so that no other starts within `purge_interval`, then from its outcome.
+    pub binlogs_purged_at: f64,
+    /// Promotion accepts the loss of stored transactions this server lacks.
+    pub force_promote: bool,
 }
 
 /// A stream's active phase (MyHoard's `BackupStream.ActivePhase`).
@@ -123,4 +129,8 @@ pub struct StreamState {
     /// Upload failures in a row, for backoff.
     #[serde(default)]
     pub backup_errors: u32,
+    /// Set on a stream taken over at promotion: the GTIDs the stream stored then. Local
+    /// binlogs holding nothing beyond them are not uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_remote_gtids: Option<GtidSet>,
 }

@@ -55,6 +55,16 @@ pub enum Event {
     },
     /// An API request changed marker objects: the backup list is out of date.
     StorageChanged,
+    /// What the streams other servers upload to hold (observe and promote mode).
+    StreamsObserved(Result<Vec<super::observe::ObservedStream>, String>),
+    /// A binlog purge round's `PURGE BINARY LOGS TO` ran: the binlogs it removed, by
+    /// `SHOW BINARY LOGS` before and after.
+    BinlogsPurged {
+        round: super::purging::PurgeRound,
+        result: Result<Vec<crate::db::BinaryLog>, crate::db::Error>,
+    },
+    /// A promotion attempt's outcome.
+    TakenOver(Result<super::promote::Takeover, String>),
 }
 
 /// A marker an API request writes.

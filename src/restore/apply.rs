@@ -110,10 +110,10 @@ pub enum Error {
         end: u64,
     },
     /// MariaDB replays whatever it is given (no GTID auto-skip without GTID mode), so a
-    /// transaction the snapshot has already would be applied twice.
+    /// transaction held already, after one to apply in the same file, would be applied twice.
     #[error(
-        "transaction {gtid} at offset {offset} of binlog {source_file} is already in the snapshot \
-         ({snapshot}): the start position is before the snapshot's"
+        "transaction {gtid} at offset {offset} of binlog {source_file} is already held \
+         ({snapshot}) but follows a transaction to apply: the binlogs do not form one history"
     )]
     AlreadyInSnapshot {
         gtid: Gtid,
@@ -440,7 +440,6 @@ pub fn plan(
 pub struct StopPlanner {
     flavor: Flavor,
     target: RestoreTarget,
-    snapshot_gtids: GtidSet,
     expected_gtids: GtidSet,
     reached: bool,
     target_gtid_found: bool,
@@ -472,8 +471,7 @@ impl StopPlanner {
         Ok(StopPlanner {
             flavor,
             target,
-            expected_gtids: snapshot_gtids.clone(),
-            snapshot_gtids,
+            expected_gtids: snapshot_gtids,
             reached,
             target_gtid_found: reached,
             last_applied: None,
@@ -566,7 +564,15 @@ impl StopPlanner {
                 self.stop_before(&mut planned, transaction.start);
                 return Ok(planned);
             }
-            if self.skipped_as_in_snapshot(&transaction, file)? {
+            if self.already_held(&transaction, &planned, file)? {
+                if transaction
+                    .gtid
+                    .as_ref()
+                    .is_some_and(|gtid| gtid.origin().is_mariadb())
+                {
+                    // MariaDB would apply it again: the file starts after it.
+                    planned.start_pos = transaction.end;
+                }
                 continue;
             }
             match &self.target {
@@ -623,26 +629,30 @@ impl StopPlanner {
         Ok(planned)
     }
 
-    /// Whether `transaction` is in the snapshot already. MySQL skips such transactions by
-    /// itself (they are left out of the plan); MariaDB would apply them again, so there it is an
-    /// error.
-    fn skipped_as_in_snapshot(
+    /// Whether the server will hold `transaction` already: it is in the snapshot or in an
+    /// earlier planned file (binlogs of two servers overlap after a failover: the promoted
+    /// server's first uploaded binlog can repeat the old master's last transactions). MySQL
+    /// skips such transactions by itself; they are left out of the plan. MariaDB applies
+    /// whatever it is handed, so they must lead the file, which then starts after them; one
+    /// after a transaction to apply is an error.
+    fn already_held(
         &self,
         transaction: &Transaction,
+        planned: &PlannedFile,
         file: &BinlogFile,
     ) -> Result<bool, Error> {
         let Some(gtid) = &transaction.gtid else {
             return Ok(false);
         };
-        if !in_snapshot(&self.snapshot_gtids, gtid) {
+        if !in_snapshot(&self.expected_gtids, gtid) {
             return Ok(false);
         }
-        if gtid.origin().is_mariadb() {
+        if gtid.origin().is_mariadb() && planned.n_transactions > 0 {
             return Err(Error::AlreadyInSnapshot {
                 gtid: gtid.clone(),
                 source_file: file.source_file.clone(),
                 offset: transaction.start,
-                snapshot: self.snapshot_gtids.clone(),
+                snapshot: self.expected_gtids.clone(),
             });
         }
         Ok(true)
@@ -1938,19 +1948,23 @@ mod tests {
         }
     }
 
-    /// MariaDB replays whatever it is handed: a transaction the snapshot has is refused. MySQL
-    /// skips those itself, so they are only left out of the restore_plan.
+    /// MariaDB replays whatever it is handed: held transactions leading a file are skipped by
+    /// starting the file after them. MySQL skips those itself, so they are only left out of the
+    /// restore_plan.
     #[test]
     fn transactions_already_in_the_snapshot() {
         let files = fixture_files("mariadb");
         let first = transactions(&files[0]);
         let snapshot: GtidSet = "0-1:1-5".parse().expect("set");
-        let result = plan(mariadb(), &snapshot, &files, &RestoreTarget::Latest);
-        assert!(
-            matches!(&result, Err(Error::AlreadyInSnapshot { gtid, offset, .. })
-                if gtid.to_string() == "0-1-1" && *offset == first[0].start),
-            "{result:?}"
-        );
+        let restore_plan = ok(plan(mariadb(), &snapshot, &files, &RestoreTarget::Latest));
+        assert_eq!(restore_plan.files[0].start_pos, first[5].start);
+        assert_eq!(restore_plan.files[0].n_transactions, first.len() as u64 - 5);
+
+        // The same file twice (two servers' overlapping binlogs): the second copy holds nothing
+        // new, and is skipped whole.
+        let twice = [files[0].clone(), files[0].clone()];
+        let restore_plan = ok(plan(mariadb(), &snapshot, &twice, &RestoreTarget::Latest));
+        assert_eq!(restore_plan.files[1].action, FileAction::Skip);
 
         let files = fixture_files("mysql");
         let first = transactions(&files[0]);

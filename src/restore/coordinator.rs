@@ -730,6 +730,7 @@ impl Coordinator {
             } else {
                 4
             };
+            let before = planner.clone();
             let plan = planner
                 .plan_file(&BinlogFile {
                     path: path.clone(),
@@ -737,6 +738,12 @@ impl Coordinator {
                     start_pos,
                 })
                 .map_err(|e| anyhow!(Permanent(format!("{}: {e:#}", binlog.file_name))))?;
+            if !batch.is_empty() && plan.is_applied() && plan.start_pos > start_pos.max(4) {
+                // It starts after transactions held already (MariaDB, the first binlog of a
+                // promoted server): only a batch's first file can start inside it.
+                planner = before;
+                break;
+            }
             consumed += 1;
             if plan.is_applied() {
                 batch.push(BatchRecord {

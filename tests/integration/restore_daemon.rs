@@ -21,15 +21,15 @@ use crate::harness::myhoard::shared_key_pair;
 use crate::harness::seaweedfs;
 
 /// A reference point of the source: what a restore to it must reproduce.
-struct Checkpoint {
-    checksums: BTreeMap<String, u64>,
+pub(crate) struct Checkpoint {
+    pub checksums: BTreeMap<String, u64>,
     /// The last transaction committed (server syntax).
-    last_gtid: String,
+    pub last_gtid: String,
     /// Epoch seconds at or after the last commit and before the next.
-    time: i64,
+    pub time: i64,
 }
 
-fn db_options(flavor: Flavor, server_id: u32) -> DbOptions {
+pub(crate) fn db_options(flavor: Flavor, server_id: u32) -> DbOptions {
     let mut options = DbOptions::server_id(server_id);
     if flavor == Flavor::MySql {
         options
@@ -70,7 +70,7 @@ fn last_gtid(db: &DbServer) -> String {
     }
 }
 
-fn checkpoint(db: &DbServer) -> Checkpoint {
+pub(crate) fn checkpoint(db: &DbServer) -> Checkpoint {
     let checksums = db.checksum_all_tables();
     let last_gtid = last_gtid(db);
     // Let the second of the last commit pass, and start the next load a second later.
@@ -84,7 +84,7 @@ fn checkpoint(db: &DbServer) -> Checkpoint {
     }
 }
 
-fn load_phase(db: &DbServer, seconds: u64, seed: u64) {
+pub(crate) fn load_phase(db: &DbServer, seconds: u64, seed: u64) {
     let mut options = LoadOptions::new(Until::Duration(Duration::from_secs(seconds)), seed);
     // Tagged GTIDs would make "the last transaction" ambiguous to name for MySQL here.
     options.tagged_gtids = false;
@@ -105,7 +105,7 @@ struct Source {
     _dir: tempfile::TempDir,
 }
 
-fn site(hint: &str) -> Option<Value> {
+pub(crate) fn site(hint: &str) -> Option<Value> {
     let storage = seaweedfs::shared_bucket(hint)?;
     let keys = shared_key_pair();
     Some(json!({
@@ -154,9 +154,9 @@ fn backed_up_source_on(flavor: Flavor, site: Value) -> Option<Source> {
 }
 
 /// A restore target: a stopped server with an empty data directory, and an idle daemon for it.
-struct Target {
-    db: DbServer,
-    daemon: Daemon,
+pub(crate) struct Target {
+    pub db: DbServer,
+    pub daemon: Daemon,
     _dir: tempfile::TempDir,
 }
 
@@ -174,7 +174,7 @@ impl Drop for Target {
     }
 }
 
-fn restore_target(
+pub(crate) fn restore_target(
     flavor: Flavor,
     site: &Value,
     server_id: u32,
@@ -210,7 +210,7 @@ fn empty_dir(dir: &Path) {
 }
 
 /// Asks for a restore and waits until the daemon switched to observe on its own.
-fn restore_and_wait(target: &Target, request: Value) -> Value {
+pub(crate) fn restore_and_wait(target: &Target, request: Value) -> Value {
     let (status, body) = target.daemon.put("/status", request.clone());
     assert_eq!(status, 200, "restore request {request}: {body}");
     let mut last_status = Value::Null;
@@ -241,7 +241,11 @@ fn restore_and_wait(target: &Target, request: Value) -> Value {
     last_status
 }
 
-fn assert_same_tables(target: &mut DbServer, expected: &BTreeMap<String, u64>, what: &str) {
+pub(crate) fn assert_same_tables(
+    target: &mut DbServer,
+    expected: &BTreeMap<String, u64>,
+    what: &str,
+) {
     target.attach_to_running();
     let restored = target.checksum_all_tables();
     assert_eq!(

@@ -1,0 +1,274 @@
+//! Promote mode: a standby takes over the backup streams the old master was writing to.
+//!
+//! On a task thread, for each resumable, unclosed stream of the backup list:
+//!
+//! 1. The valid remote binlogs are listed (fenced by the existing `promotions/` records), and
+//!    `promotions/<our server_id>` is written with `start_index` = the next index: from there
+//!    on, only our uploads count for every reader, and whatever the deposed master still
+//!    uploads is ignored.
+//! 2. The binlogs are listed again *ignoring our own record*: an upload the old master
+//!    finished in between is valid after all, and if the next index moved, the record is
+//!    written again with it. (MyHoard's two-step write; it closes the race where a reader
+//!    could use an old-master binlog the new master then overwrites in its timeline.)
+//! 3. The stream's stored GTIDs (snapshot plus valid binlogs) must all be executed here. When
+//!    some are not (replication was behind when the master died), promotion waits and tries
+//!    again, since the SQL thread may still be applying them; `PUT /status {"mode": "active",
+//!    "force": true}` accepts their loss.
+//!
+//! The controller then owns the stream: it uploads, from the next index on, the first local
+//! binlog holding a transaction the stream does not have and every one after it (MyHoard's
+//! rule for a promoted server resuming someone else's stream; earlier local binlogs only hold
+//! what the old master already stored). With no stream to take over, the node goes straight to
+//! active, where the first backup is due at once.
+
+use std::time::Duration;
+
+use crate::backup_stream::layout::{self, Promotion};
+use crate::backup_stream::remote::{self, BackupEntry};
+use crate::db::Client;
+use crate::gtid::GtidSet;
+use anyhow::Context as _;
+
+use super::observe::{self, ObservedStream};
+use super::state::{ActiveDetails, Mode, Phase, StreamState};
+use super::tasks::{self, Event};
+use super::{Context, Controller, Stream, now_epoch};
+
+/// How long promotion waits before trying again when the server lacks stored transactions.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The outcome of one promotion attempt.
+#[derive(Debug)]
+pub enum Takeover {
+    /// The streams, with their promotion records written.
+    Ready(Vec<ObservedStream>),
+    /// The streams hold transactions this server has not executed.
+    Missing { stream_id: String, missing: GtidSet },
+}
+
+/// Writes our promotion record to each stream of `backups` worth taking over (see the module
+/// doc) and checks that this server has everything they store. Runs on a task thread.
+pub fn take_over(
+    ctx: &Context,
+    backups: &[BackupEntry],
+    server_id: u32,
+    force: bool,
+) -> anyhow::Result<Takeover> {
+    let mut client = Client::connect(&ctx.config.mysql.client_params)?;
+    let mut taken = Vec::new();
+    for (backup, info) in observe::observable(backups) {
+        let Some(site) = ctx.sites.get(&backup.site) else {
+            continue;
+        };
+        let storage = site.storage.as_ref();
+        let prefix = layout::stream_prefix(&backup.site, &backup.stream_id);
+        let key = layout::promotion_key(&prefix, server_id);
+        let next_index = |ignore_own: bool| -> anyhow::Result<(u64, Vec<_>)> {
+            let binlogs = remote::list_remote_binlogs(storage, &prefix)?;
+            let mut promotions = remote::list_promotions(storage, &prefix)?;
+            if ignore_own {
+                promotions.retain(|promotion| promotion.server_id != server_id);
+            }
+            let valid = layout::valid_binlog_sequence(binlogs, &promotions)?;
+            let next = valid
+                .last()
+                .and_then(|b| b.remote_index)
+                .map_or(1, |i| i + 1);
+            Ok((next, valid))
+        };
+        let write_record = |start_index: u64| -> anyhow::Result<()> {
+            let promotion = Promotion {
+                promoted_at: now_epoch(),
+                server_id,
+                start_index,
+            };
+            remote::put_marker(storage, &key, &promotion).with_context(|| format!("writing {key}"))
+        };
+        let (first_look, _) = next_index(false)
+            .with_context(|| format!("listing the binlogs of {}", backup.stream_id))?;
+        write_record(first_look)?;
+        let (second_look, binlogs) = next_index(true)
+            .with_context(|| format!("listing the binlogs of {}", backup.stream_id))?;
+        if second_look != first_look {
+            log::info!(
+                "stream {}: the old master stored binlogs up to {} meanwhile",
+                backup.stream_id,
+                second_look - 1
+            );
+            write_record(second_look)?;
+        }
+        log::info!(
+            "stream {}: binlogs from index {second_look} on are ours",
+            backup.stream_id
+        );
+        let mut remote_gtids = info.gtid_executed.clone();
+        for binlog in &binlogs {
+            remote_gtids.union_with(&binlog.gtids());
+        }
+        if !force {
+            let executed = client.executed_gtids()?.to_gtid_set();
+            let missing = remote_gtids.difference(&executed);
+            if !missing.is_empty() {
+                return Ok(Takeover::Missing {
+                    stream_id: backup.stream_id.clone(),
+                    missing,
+                });
+            }
+        }
+        taken.push(ObservedStream {
+            site: backup.site.clone(),
+            stream_id: backup.stream_id.clone(),
+            basebackup_info: info.clone(),
+            completed: backup.completed_at.is_some(),
+            binlogs,
+            remote_gtids,
+        });
+    }
+    Ok(Takeover::Ready(taken))
+}
+
+impl Controller {
+    /// Promote mode, per tick: once the backup list is fresh, take the streams over on a task
+    /// thread; then switch to active.
+    pub(super) fn tick_promote(&mut self) {
+        if !self.ensure_server_probed() || !self.binlogs_loaded {
+            return;
+        }
+        if self.state.backups_fetched_at == 0.0 {
+            self.refresh_backups_if_stale(0.0);
+            return;
+        }
+        if self.refreshing
+            || self.promoting
+            || self
+                .promote_retry_at
+                .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return;
+        }
+        let candidates: Vec<BackupEntry> = observe::observable(&self.state.backups)
+            .into_iter()
+            .filter(|(backup, _)| !self.streams.contains_key(&backup.stream_id))
+            .map(|(backup, _)| backup.clone())
+            .collect();
+        if candidates.is_empty() {
+            self.state.force_promote = false;
+            self.set_mode(Mode::Active);
+            return;
+        }
+        self.promoting = true;
+        let ctx = std::sync::Arc::clone(&self.ctx);
+        let server_id = self.ctx.config.server_id;
+        let force = self.state.force_promote;
+        tasks::spawn("promote", &self.events_tx, move || {
+            Event::TakenOver(
+                take_over(&ctx, &candidates, server_id, force).map_err(|e| format!("{e:#}")),
+            )
+        });
+    }
+
+    pub(super) fn taken_over(&mut self, result: Result<Takeover, String>) {
+        self.promoting = false;
+        let streams = match result {
+            Ok(Takeover::Ready(streams)) => streams,
+            Ok(Takeover::Missing { stream_id, missing }) => {
+                log::warn!(
+                    "promotion waits: backup stream {stream_id} stores transactions this server \
+                     has not executed ({missing}); retrying in {RETRY_INTERVAL:?} (PUT /status \
+                     {{\"mode\": \"active\", \"force\": true}} accepts their loss)"
+                );
+                self.waiting_for_missing = true;
+                self.promote_retry_at = Some(std::time::Instant::now() + RETRY_INTERVAL);
+                return;
+            }
+            Err(message) => {
+                log::error!("promotion failed, retrying in {RETRY_INTERVAL:?}: {message}");
+                self.promote_retry_at = Some(std::time::Instant::now() + RETRY_INTERVAL);
+                return;
+            }
+        };
+        self.waiting_for_missing = false;
+        let now = now_epoch();
+        for observed in streams {
+            let info = &observed.basebackup_info;
+            let stream_id = observed.stream_id.clone();
+            let state = StreamState {
+                stream_id: stream_id.clone(),
+                site: observed.site.clone(),
+                mode: "active".to_owned(),
+                active_details: ActiveDetails {
+                    phase: if observed.completed {
+                        Phase::Binlog
+                    } else {
+                        Phase::BinlogCatchup
+                    },
+                },
+                backup_reason: info.backup_reason.clone(),
+                normalized_backup_time: info.normalized_backup_time.clone(),
+                created_at: info.initiated_at,
+                next_index: observed.next_index(),
+                basebackup_info: Some(info.clone()),
+                basebackup_errors: 0,
+                completed_info: None,
+                closed_info: None,
+                last_processed_local_index: 0,
+                initial_latest_complete_binlog_index: 0,
+                valid_local_binlog_found: false,
+                last_binlog_upload_time: Some(now),
+                updated_at: now,
+                backup_errors: 0,
+                takeover_remote_gtids: Some(observed.remote_gtids.clone()),
+            };
+            log::info!(
+                "took over backup stream {stream_id}: next binlog index {}",
+                state.next_index
+            );
+            self.streams.insert(stream_id.clone(), Stream::new(state));
+            self.persist_stream(&stream_id);
+            self.state.owned_stream_ids.push(stream_id);
+        }
+        self.state.force_promote = false;
+        self.state.backups_fetched_at = 0.0;
+        self.persist();
+        self.set_mode(Mode::Active);
+    }
+
+    /// A stream taken over from another server: skips (marks processed without uploading)
+    /// the leading local binlogs whose transactions the stream already stores, up to the first
+    /// one it does not. Called before uploads are dispatched, with none in flight.
+    pub(super) fn skip_binlogs_already_stored(&mut self, stream_id: &str) {
+        let Some(stream) = self.streams.get_mut(stream_id) else {
+            return;
+        };
+        if stream.state.valid_local_binlog_found || !stream.in_flight.is_empty() {
+            return;
+        }
+        let Some(stored) = stream.state.takeover_remote_gtids.clone() else {
+            return;
+        };
+        let mut skipped = None;
+        for binlog in self
+            .binlogs
+            .iter()
+            .filter(|b| b.local_index > stream.state.last_processed_local_index)
+        {
+            let gtids = binlog.gtids();
+            if !gtids.is_empty() && !gtids.difference(&stored).is_empty() {
+                stream.state.valid_local_binlog_found = true;
+                break;
+            }
+            skipped = Some(binlog.local_index);
+        }
+        if let Some(local_index) = skipped {
+            log::info!(
+                "stream {stream_id}: local binlogs up to {local_index} hold nothing the stream \
+                 lacks; not uploaded"
+            );
+            stream.state.last_processed_local_index = local_index;
+        }
+        if skipped.is_some() || stream.state.valid_local_binlog_found {
+            stream.state.updated_at = now_epoch();
+            self.persist_stream(stream_id);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Failover through the real daemons: a master and two standbys replicating from it, each with
+//! its own myhoard on one SeaweedFS bucket. The master is cut off from its standbys (left
+//! running, writing and uploading), a standby is promoted, takes the backup stream over and
+//! goes on backing it up; the other standby re-points to it. Restores to times before and at
+//! the failover and to the latest transaction then give exactly the surviving timeline: what
+//! the deposed master wrote after the promotion is in storage but never restored.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backup_daemon::stored_objects;
+use crate::harness::daemon::{self, Daemon};
+use crate::harness::db::{DbServer, Flavor};
+use crate::restore_daemon::{
+    assert_same_tables, checkpoint, db_options, load_phase, restore_and_wait, restore_target, site,
+};
+use myhoard::backup_stream::layout::{BinlogInfo, Promotion};
+
+const CAUGHT_UP: Duration = Duration::from_secs(120);
+
+fn stop_replication(db: &DbServer) {
+    db.sql(match db.flavor() {
+        Flavor::MariaDb => "STOP SLAVE",
+        Flavor::MySql => "STOP REPLICA",
+    });
+}
+
+fn metadata<T: serde::de::DeserializeOwned>(object: &Value) -> Option<T> {
+    serde_json::from_str(object["metadata"]["json"].as_str()?).ok()
+}
+
+/// A daemon for `db` in `mode`, on `site`.
+fn daemon_for(db: &DbServer, dir: &std::path::Path, site: &Value, mode: &str) -> Daemon {
+    let mut config = daemon::config_for(db, dir, site.clone(), Daemon::pick_port());
+    config["backup_settings"]["forced_binlog_rotation_interval"] = 2.into();
+    let daemon = Daemon::start(dir, &config);
+    let (status, body) = daemon.put("/status", json!({"mode": mode}));
+    assert_eq!(status, 200, "{body}");
+    daemon
+}
+
+fn survives_a_failover(flavor: Flavor) {
+    let Some(site) = site("failover") else {
+        return;
+    };
+    let Some(master) = DbServer::start(flavor, db_options(flavor, 1)) else {
+        return;
+    };
+    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
+    let other_standby = DbServer::start(flavor, db_options(flavor, 3)).expect("a standby");
+    standby.replicate_from(&master);
+    other_standby.replicate_from(&master);
+    load_phase(&master, 3, 1);
+
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let master_daemon = daemon_for(&master, dirs[0].path(), &site, "active");
+    let backup = master_daemon.wait_completed_backup(Duration::from_secs(300));
+    let stream_id = backup["stream_id"]
+        .as_str()
+        .expect("a stream id")
+        .to_owned();
+    let standby_daemon = daemon_for(&standby, dirs[1].path(), &site, "observe");
+    let other_daemon = daemon_for(&other_standby, dirs[2].path(), &site, "observe");
+
+    load_phase(&master, 3, 2);
+    let before = checkpoint(&master);
+    load_phase(&master, 3, 3);
+    master_daemon.rotate_and_wait();
+    standby.wait_until_caught_up(&master, CAUGHT_UP);
+    other_standby.wait_until_caught_up(&master, CAUGHT_UP);
+    let at_failover = checkpoint(&master);
+
+    // The master is cut off from its standbys; the standby is promoted.
+    stop_replication(&standby);
+    stop_replication(&other_standby);
+    let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["mode"], "promote", "{body}");
+    standby_daemon.wait_mode("active", Duration::from_secs(120));
+
+    // The deposed master goes on writing and uploading into the same stream.
+    load_phase(&master, 3, 4);
+    master_daemon.rotate_and_wait();
+
+    // The other standby follows the new master, which takes writes and backs them up.
+    other_standby.replicate_from(&standby);
+    load_phase(&standby, 3, 5);
+    standby_daemon.rotate_and_wait();
+    other_standby.wait_until_caught_up(&standby, CAUGHT_UP);
+    let after = checkpoint(&standby);
+    standby_daemon.rotate_and_wait();
+    drop(master_daemon);
+    drop(other_daemon);
+
+    // Storage: the new master's promotion record, its binlogs from there on, and the deposed
+    // master's uploads at the same indexes, all side by side.
+    let objects = stored_objects(&dirs[0].path().join("myhoard.json"));
+    let promotion: Promotion = objects
+        .iter()
+        .find(|o| {
+            o["key"]
+                .as_str()
+                .is_some_and(|k| k.ends_with(&format!("{stream_id}/promotions/2")))
+        })
+        .and_then(metadata)
+        .expect("the new master's promotion record");
+    assert!(promotion.start_index > 1, "{promotion:?}");
+    let binlogs: Vec<BinlogInfo> = objects
+        .iter()
+        .filter(|o| {
+            o["key"]
+                .as_str()
+                .is_some_and(|k| k.contains(&format!("{stream_id}/binlogs/")))
+        })
+        .filter_map(metadata)
+        .collect();
+    let index_of = |b: &BinlogInfo| b.remote_index.unwrap_or(0);
+    assert!(
+        binlogs
+            .iter()
+            .any(|b| b.server_id == 1 && index_of(b) >= promotion.start_index),
+        "the deposed master uploaded nothing after the promotion: the fencing is untested"
+    );
+    assert!(
+        binlogs
+            .iter()
+            .any(|b| b.server_id == 2 && index_of(b) == promotion.start_index),
+        "the new master did not continue the stream at {}",
+        promotion.start_index
+    );
+    assert!(
+        binlogs
+            .iter()
+            .filter(|b| b.server_id == 2)
+            .all(|b| index_of(b) >= promotion.start_index)
+    );
+
+    // Restores give the surviving timeline: before, at and after the failover.
+    let cases = [
+        ("latest", None, &after),
+        ("before the failover", Some(before.time), &before),
+        ("at the failover", Some(at_failover.time), &at_failover),
+    ];
+    for (n, (what, time, expected)) in cases.into_iter().enumerate() {
+        let mut target = restore_target(flavor, &site, 11 + n as u32, |_| {});
+        let mut request = json!({"mode": "restore", "site": "default", "stream_id": stream_id});
+        if let Some(time) = time {
+            request["target_time"] = time.into();
+        }
+        restore_and_wait(&target, request);
+        assert_same_tables(&mut target.db, &expected.checksums, what);
+    }
+    drop(standby_daemon);
+}
+
+#[test]
+fn mariadb_backup_chain_survives_a_failover() {
+    survives_a_failover(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_backup_chain_survives_a_failover() {
+    survives_a_failover(Flavor::MySql);
+}
