@@ -155,6 +155,8 @@ pub struct Controller {
     promote_retry_at: Option<Instant>,
     /// The last promotion attempt found stored transactions this server lacks.
     waiting_for_missing: bool,
+    /// A `PUT /status` is being checked on a task thread.
+    mode_change_checking: bool,
     waiters: Vec<UploadWaiter>,
     restore: Option<RestoreHandle>,
     events_tx: Sender<Event>,
@@ -212,6 +214,7 @@ impl Controller {
             promoting: false,
             promote_retry_at: None,
             waiting_for_missing: false,
+            mode_change_checking: false,
             waiters: Vec::new(),
             restore: None,
             events_tx,
@@ -457,6 +460,26 @@ impl Controller {
             Event::StreamsObserved(result) => self.streams_observed(result),
             Event::BinlogsPurged { round, result } => self.binlogs_purged(round, result),
             Event::TakenOver(result) => self.taken_over(result),
+            Event::PromotableChecked {
+                result,
+                request,
+                reply,
+            } => {
+                self.mode_change_checking = false;
+                let answer = match result {
+                    // Still observe: nothing else could change the mode meanwhile.
+                    Ok(()) if self.state.mode == Mode::Observe => self.set_mode_request(request),
+                    Ok(()) => Err(bad_request(format!(
+                        "Mode changed to {} while promotion was checked",
+                        self.state.mode
+                    ))),
+                    Err(message) => {
+                        log::warn!("promotion refused: {message}");
+                        Err(bad_request(message))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
             Event::Rotated {
                 result,
                 reply,
@@ -643,6 +666,7 @@ impl Controller {
                 self.rotate_for_api(wait_for_upload, reply);
             }
             ApiRequest::SetBinlogIndex { index } => self.skip_binlogs_for_api(index, reply),
+            ApiRequest::SetMode(request) => self.set_mode_for_api(request, reply),
             request @ (ApiRequest::MarkBroken { .. } | ApiRequest::Preserve { .. }) => {
                 self.write_marker_for_api(request, reply);
             }
@@ -678,7 +702,6 @@ impl Controller {
                 }
                 Ok(status)
             }
-            ApiRequest::SetMode(request) => self.set_mode_request(request),
             ApiRequest::GetRestoreStatus => match (&self.state.mode, &self.restore) {
                 (Mode::Restore, Some(restore)) => Ok(restore.status_json()),
                 (Mode::Restore, None) => Err(ApiError::internal("restore has not started yet")),
@@ -724,7 +747,7 @@ impl Controller {
                 self.persist();
                 Ok(json!({"success": true}))
             }
-            ApiRequest::RotateBinlog { .. } => unreachable_request(),
+            ApiRequest::RotateBinlog { .. } | ApiRequest::SetMode(_) => unreachable_request(),
             ApiRequest::SetReplicationState(state) => {
                 let value =
                     serde_json::to_value(&state).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -792,6 +815,34 @@ impl Controller {
         });
     }
 
+    /// `PUT /status`. A standby asked to become active is checked first, on a task thread
+    /// (the server is asked); meanwhile other mode requests are refused, so concurrent ones
+    /// leave one consistent outcome.
+    fn set_mode_for_api(&mut self, request: ModeRequest, reply: Sender<Reply>) {
+        if self.mode_change_checking {
+            let _ = reply.send(Err(bad_request(
+                "Another mode change is being checked; try again once it is answered",
+            )));
+            return;
+        }
+        if self.state.mode == Mode::Observe
+            && request.mode == RequestedMode::Active
+            && !request.force
+        {
+            self.mode_change_checking = true;
+            let ctx = Arc::clone(&self.ctx);
+            tasks::spawn("check-promotable", &self.events_tx, move || {
+                Event::PromotableChecked {
+                    result: promote::check_promotable(&ctx),
+                    request,
+                    reply,
+                }
+            });
+            return;
+        }
+        let _ = reply.send(self.set_mode_request(request));
+    }
+
     fn set_mode_request(&mut self, request: ModeRequest) -> Reply {
         let current = self.state.mode;
         match request.mode {
@@ -851,6 +902,7 @@ impl Controller {
                             "Can only force promotion while waiting for binlogs to be applied",
                         ));
                     }
+                    // Observe passed `check_promotable` (set_mode_for_api) to get here.
                     self.state.backups_fetched_at = 0.0;
                     self.set_mode(Mode::Promote);
                 }

@@ -37,6 +37,50 @@ use super::{Context, Controller, Stream, now_epoch};
 /// How long promotion waits before trying again when the server lacks stored transactions.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The idle state of a replica's SQL thread (`Replica_SQL_Running_State`; MariaDB and older
+/// MySQL say `Slave`).
+const SQL_THREAD_IDLE: &str = "has read all relay log; waiting for more updates";
+
+/// MyHoard's checks before a standby in observe mode may become active: the server is still
+/// read-only (the HA system opens it for writes once promoted), its replication IO thread is
+/// stopped (cut off from the old master), and its SQL thread, if running, has applied every
+/// relay log; that thread is then stopped. No replication at all is accepted with a warning.
+/// The error is the message for the refused request.
+pub fn check_promotable(ctx: &Context) -> Result<(), String> {
+    let check = || -> anyhow::Result<Result<(), String>> {
+        let mut client = Client::connect(&ctx.config.mysql.client_params)?;
+        if !client.read_only()? {
+            return Ok(Err(
+                "read_only is OFF: a standby is promoted while still read-only, \
+                           and opened for writes after the promotion"
+                    .to_owned(),
+            ));
+        }
+        let Some(status) = client.replica_status()? else {
+            log::warn!("promoting a server that has no replication configured");
+            return Ok(Ok(()));
+        };
+        if status.io_running != "No" {
+            return Ok(Err(format!(
+                "the replication IO thread is {}: stop replicating from the old master first",
+                status.io_running
+            )));
+        }
+        if status.sql_running {
+            if !status.sql_running_state.contains(SQL_THREAD_IDLE) {
+                return Ok(Err(format!(
+                    "the replication SQL thread is still applying relay logs ({}); promote \
+                     once it has applied them",
+                    status.sql_running_state
+                )));
+            }
+            client.execute(&client.flavor().stop_sql_thread_statement())?;
+        }
+        Ok(Ok(()))
+    };
+    check().unwrap_or_else(|err| Err(format!("cannot check the server: {err:#}")))
+}
+
 /// The outcome of one promotion attempt.
 #[derive(Debug)]
 pub enum Takeover {

@@ -65,6 +65,12 @@ pub enum Event {
     },
     /// A promotion attempt's outcome.
     TakenOver(Result<super::promote::Takeover, String>),
+    /// Whether the server may be promoted, for a pending `PUT /status`.
+    PromotableChecked {
+        result: Result<(), String>,
+        request: crate::http::ModeRequest,
+        reply: Sender<crate::http::Reply>,
+    },
 }
 
 /// A marker an API request writes.

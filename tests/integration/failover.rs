@@ -73,13 +73,27 @@ fn survives_a_failover(flavor: Flavor) {
     other_standby.wait_until_caught_up(&master, CAUGHT_UP);
     let at_failover = checkpoint(&master);
 
-    // The master is cut off from its standbys; the standby is promoted.
+    // A standby still replicating, or open for writes, is not promoted.
+    let refused = |what: &str| {
+        let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(body["message"].is_string(), "{what}: {body}");
+        assert_eq!(standby_daemon.mode(), "observe", "{what}");
+    };
+    standby.sql("SET GLOBAL read_only = ON");
+    refused("replicating");
     stop_replication(&standby);
+    standby.sql("SET GLOBAL read_only = OFF");
+    refused("read_only off");
+
+    // The master is cut off from its standbys; the standby is promoted, then opened for writes.
+    standby.sql("SET GLOBAL read_only = ON");
     stop_replication(&other_standby);
     let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["mode"], "promote", "{body}");
     standby_daemon.wait_mode("active", Duration::from_secs(120));
+    standby.sql("SET GLOBAL read_only = OFF");
 
     // The deposed master goes on writing and uploading into the same stream.
     load_phase(&master, 3, 4);

@@ -1,6 +1,7 @@
 //! Binlog purge in the real daemon (active mode, local storage) against a real MariaDB/MySQL
 //! server with a real replica: a binlog goes only once it is uploaded and every server of the
 //! replication state has executed its transactions, and the newest uploaded binlog stays.
+//! Purge rounds run every second, at most two files each.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -191,12 +192,14 @@ fn purge_follows_uploads_and_replication(flavor: Flavor) {
         },
     );
     let config_path = daemon.dir().join("myhoard.json");
-    let uploaded = stream_binlogs(&stored_objects(&config_path), &stream_id);
-    let newest_uploaded = uploaded
-        .values()
-        .last()
-        .map(|(_, binlog)| binlog.file_name.clone())
-        .expect("uploaded binlogs");
+    let newest_upload = || {
+        stream_binlogs(&stored_objects(&config_path), &stream_id)
+            .into_values()
+            .last()
+            .expect("uploaded binlogs")
+    };
+    let (newest_key, newest) = newest_upload();
+    let newest_uploaded = newest.file_name;
     assert!(
         !new.contains(&newest_uploaded),
         "the rotation after the new binlogs closed and uploaded {newest_uploaded}"
@@ -214,23 +217,63 @@ fn purge_follows_uploads_and_replication(flavor: Flavor) {
         "everything older went: {present:?}"
     );
 
-    // (c) Every binlog purged since the snapshot's binlog was uploaded first. (Older ones
-    // predate the backup, which does not need them.)
-    let uploaded_names: BTreeSet<&str> = uploaded
-        .values()
-        .map(|(_, binlog)| binlog.file_name.as_str())
+    // (c) Binlogs not uploaded stay, though every server has executed their transactions:
+    // uploads fail while a file stands where the stream's binlog objects go.
+    let (binlog_dir, _) = newest_key.rsplit_once('/').expect("a key in a directory");
+    let binlog_dir = storage.join(binlog_dir);
+    let aside = binlog_dir.with_extension("aside");
+    std::fs::rename(&binlog_dir, &aside).expect("moving the binlog objects aside");
+    std::fs::write(&binlog_dir, "not a directory").expect("blocking uploads");
+    let unuploaded = write_binlogs(&source, 2, "unuploaded");
+    replica.wait_until_caught_up(&source, Duration::from_secs(60));
+    put_replication_state(&daemon, &replica);
+    let failed = format!("uploading {} failed", unuploaded[0]);
+    daemon.wait_for("an upload to fail", Duration::from_secs(60), |daemon| {
+        daemon.log_text().contains(&failed).then_some(())
+    });
+    let mut kept = vec![newest_uploaded.clone()];
+    kept.extend(unuploaded.iter().cloned());
+    assert_kept(
+        &source,
+        &daemon,
+        &kept,
+        "it is not uploaded, or is the newest uploaded one",
+    );
+    std::fs::remove_file(&binlog_dir).expect("unblocking uploads");
+    std::fs::rename(&aside, &binlog_dir).expect("moving the binlog objects back");
+    daemon.wait_for(
+        "the binlogs uploaded late to be purged",
+        Duration::from_secs(60),
+        |_| {
+            let present = local_binlogs(&source);
+            (!present.contains(&newest_uploaded) && !present.contains(&unuploaded[0])).then_some(())
+        },
+    );
+    let (_, newest) = newest_upload();
+    assert_eq!(
+        newest.file_name, unuploaded[1],
+        "the newest uploaded binlog"
+    );
+    let present = local_binlogs(&source);
+    assert_eq!(present.first(), Some(&unuploaded[1]), "{present:?}");
+
+    // Every binlog purged from the snapshot's on was uploaded first. (Older ones predate the
+    // backup, which does not need them.)
+    let objects = stored_objects(&config_path);
+    let uploaded: BTreeSet<String> = stream_binlogs(&objects, &stream_id)
+        .into_values()
+        .map(|(_, binlog)| binlog.file_name)
         .collect();
-    let purged = binlog_number(&snapshot_binlog)..binlog_number(&newest_uploaded);
-    assert!(purged.clone().count() >= 6, "purged {purged:?}");
-    let (prefix, _) = newest_uploaded.rsplit_once('.').expect("a numbered binlog");
+    let purged = binlog_number(&snapshot_binlog)..binlog_number(&unuploaded[1]);
+    assert!(purged.clone().count() >= 8, "purged {purged:?}");
+    let (prefix, _) = snapshot_binlog.rsplit_once('.').expect("a numbered binlog");
     for number in purged {
         let name = format!("{prefix}.{number:06}");
         assert!(
-            uploaded_names.contains(name.as_str()),
-            "{name} was purged but never uploaded; uploaded: {uploaded_names:?}"
+            uploaded.contains(&name),
+            "{name} was purged but never uploaded; uploaded: {uploaded:?}"
         );
     }
-    eprintln!("DAEMONLOG\n{}", daemon.log_text());
     assert!(
         !daemon.log_text().contains("purging binlogs failed"),
         "{}",
