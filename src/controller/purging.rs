@@ -212,8 +212,8 @@ fn active_stream_view(state: &StreamState) -> StreamView {
         initial_latest_complete_binlog_index: Some(state.initial_latest_complete_binlog_index)
             .filter(|index| *index > 0),
         uploaded: Uploaded::LocalIndexes {
-            last_processed_local_index: Some(state.last_processed_local_index + 1)
-                .filter(|index| *index > 1),
+            last_processed_local_index: Some(state.last_processed_local_index)
+                .filter(|index| *index > 0),
             remote_references: BTreeSet::new(),
         },
     }

@@ -14,6 +14,7 @@ mod db_client;
 mod db_servers;
 mod failover;
 mod harness;
+mod mode_transitions;
 mod purge_daemon;
 mod restore_apply;
 mod restore_daemon;
