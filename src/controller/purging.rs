@@ -235,7 +235,7 @@ fn own_server(server: &ServerInfo) -> Option<OwnServer> {
 }
 
 /// Logs why binlogs stay: at debug level every round, at info level when the reason changes.
-/// Binlogs too new to purge are the normal state between rounds, so they stay at debug level.
+/// No binlog old enough (or none at all) is the normal state between rounds: debug level only.
 fn log_hold(held: Option<&Held>) {
     let Some(held) = held else {
         LAST_HOLD_LOGGED.with_borrow_mut(|last| *last = None);

@@ -179,3 +179,65 @@ fn mariadb_backup_chain_survives_a_failover() {
 fn mysql_backup_chain_survives_a_failover() {
     survives_a_failover(Flavor::MySql);
 }
+
+/// Promotion while the master's backup is not resumable (its snapshot never finished: the
+/// master's daemon died during it): the promoted standby starts a backup stream of its own,
+/// which restores to the new master's data.
+fn promotion_without_a_resumable_stream(flavor: Flavor) {
+    let Some(site) = site("promote-new") else {
+        return;
+    };
+    let Some(master) = DbServer::start(flavor, db_options(flavor, 1)) else {
+        return;
+    };
+    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
+    standby.replicate_from(&master);
+    load_phase(&master, 3, 1);
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut master_daemon = daemon_for(&master, dirs[0].path(), &site, "active");
+    master_daemon.wait_for("a snapshot in progress", Duration::from_secs(60), |d| {
+        let (_, status) = d.get("/status");
+        status["basebackups_in_progress"].is_array().then_some(())
+    });
+    master_daemon.kill9();
+    let standby_daemon = daemon_for(&standby, dirs[1].path(), &site, "observe");
+    standby.wait_until_caught_up(&master, CAUGHT_UP);
+    stop_replication(&standby);
+    standby.sql("SET GLOBAL read_only = ON");
+    let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    standby_daemon.wait_mode("active", Duration::from_secs(120));
+    standby.sql("SET GLOBAL read_only = OFF");
+    let backup = standby_daemon.wait_completed_backup(Duration::from_secs(300));
+    assert_eq!(
+        backup["basebackup_info"]["uploaded_from"], 2,
+        "the completed backup is not the new master's own: {backup}"
+    );
+    for other in standby_daemon.backups() {
+        if other["stream_id"] != backup["stream_id"] {
+            assert_eq!(other["resumable"], false, "{other}");
+            assert!(other["completed_at"].is_null(), "{other}");
+        }
+    }
+    load_phase(&standby, 3, 2);
+    let latest = checkpoint(&standby);
+    standby_daemon.rotate_and_wait();
+    let mut target = restore_target(flavor, &site, 11, |_| {});
+    restore_and_wait(
+        &target,
+        json!({"mode": "restore", "site": "default", "stream_id": backup["stream_id"]}),
+    );
+    assert_same_tables(&mut target.db, &latest.checksums, "latest");
+}
+
+#[test]
+fn mariadb_promotion_without_a_resumable_stream_starts_a_new_one() {
+    promotion_without_a_resumable_stream(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_promotion_without_a_resumable_stream_starts_a_new_one() {
+    promotion_without_a_resumable_stream(Flavor::MySql);
+}
