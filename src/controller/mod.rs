@@ -157,6 +157,8 @@ pub struct Controller {
     waiting_for_missing: bool,
     /// A `PUT /status` is being checked on a task thread.
     mode_change_checking: bool,
+    /// Why binlogs were last kept, as logged at info level (logged again only on a change).
+    last_purge_hold_logged: Option<purging::HoldKey>,
     waiters: Vec<UploadWaiter>,
     restore: Option<RestoreHandle>,
     events_tx: Sender<Event>,
@@ -215,6 +217,7 @@ impl Controller {
             promote_retry_at: None,
             waiting_for_missing: false,
             mode_change_checking: false,
+            last_purge_hold_logged: None,
             waiters: Vec::new(),
             restore: None,
             events_tx,

@@ -7,7 +7,6 @@
 //! binlog list and has the watcher rescan, which records their removal. Every failure is
 //! logged and retried in the next round, as in MyHoard.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::Discriminant;
 use std::sync::Arc;
@@ -38,14 +37,8 @@ pub struct PurgeRound {
     pub more_purgeable: bool,
 }
 
-/// What the last hold logged at info level was (its kind, and the server it names). A
-/// thread-local rather than a `Controller` field: it only tunes logging, and the controller
-/// and therefore every purge round run on the one controller thread.
-type HoldKey = (Discriminant<Held>, Option<String>);
-
-thread_local! {
-    static LAST_HOLD_LOGGED: RefCell<Option<HoldKey>> = const { RefCell::new(None) };
-}
+/// What a hold logged at info level was: its kind, and the server it names.
+pub(super) type HoldKey = (Discriminant<Held>, Option<String>);
 
 impl Controller {
     /// Starts a purge round when one is due (see [`crate::purge::purge_round_due`]).
@@ -94,7 +87,7 @@ impl Controller {
             settings,
             now,
         });
-        log_hold(plan.held.as_ref());
+        log_hold(plan.held.as_ref(), &mut self.last_purge_hold_logged);
         let round = match plan.purge_to_file_name() {
             Some(purge_to) => PurgeRound {
                 purge_to,
@@ -236,9 +229,9 @@ fn own_server(server: &ServerInfo) -> Option<OwnServer> {
 
 /// Logs why binlogs stay: at debug level every round, at info level when the reason changes.
 /// No binlog old enough (or none at all) is the normal state between rounds: debug level only.
-fn log_hold(held: Option<&Held>) {
+fn log_hold(held: Option<&Held>, last: &mut Option<HoldKey>) {
     let Some(held) = held else {
-        LAST_HOLD_LOGGED.with_borrow_mut(|last| *last = None);
+        *last = None;
         return;
     };
     log::debug!("binlog purge: {held}");
@@ -252,12 +245,10 @@ fn log_hold(held: Option<&Held>) {
         _ => None,
     };
     let key = (std::mem::discriminant(held), server);
-    LAST_HOLD_LOGGED.with_borrow_mut(|last| {
-        if last.as_ref() != Some(&key) {
-            log::info!("binlogs are kept: {held}");
-            *last = Some(key);
-        }
-    });
+    if last.as_ref() != Some(&key) {
+        log::info!("binlogs are kept: {held}");
+        *last = Some(key);
+    }
 }
 
 /// `PURGE BINARY LOGS TO purge_to`; returns the binlogs that went (`SHOW BINARY LOGS` before
