@@ -463,6 +463,7 @@ impl Controller {
             Event::StreamsObserved(result) => self.streams_observed(result),
             Event::BinlogsPurged { round, result } => self.binlogs_purged(round, result),
             Event::TakenOver(result) => self.taken_over(result),
+            Event::MissingApplied(result) => self.missing_applied(result),
             Event::PromotableChecked {
                 result,
                 request,

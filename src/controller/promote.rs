@@ -11,9 +11,12 @@
 //!    written again with it. (MyHoard's two-step write; it closes the race where a reader
 //!    could use an old-master binlog the new master then overwrites in its timeline.)
 //! 3. The stream's stored GTIDs (snapshot plus valid binlogs) must all be executed here. When
-//!    some are not (replication was behind when the master died), promotion waits and tries
-//!    again, since the SQL thread may still be applying them; `PUT /status {"mode": "active",
-//!    "force": true}` accepts their loss.
+//!    some are not (replication was behind when the master died), the stored binlogs holding
+//!    them are downloaded and applied through the server's own replication applier (the
+//!    restore's relay-log replay, [`crate::restore::apply`]), then the takeover runs again.
+//!    `PUT /status {"mode": "active", "force": true}` meanwhile accepts their loss. Nothing
+//!    of that step is persisted: after a crash it starts over from the server's executed
+//!    GTIDs, so what was applied already is not fetched again.
 //!
 //! The controller then owns the stream: it uploads, from the next index on, the first local
 //! binlog holding a transaction the stream does not have and every one after it (MyHoard's
@@ -21,12 +24,15 @@
 //! what the old master already stored). With no stream to take over, the node goes straight to
 //! active, where the first backup is due at once.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use crate::backup_stream::layout::{self, Promotion};
+use crate::backup_stream::layout::{self, BinlogInfo, Promotion};
 use crate::backup_stream::remote::{self, BackupEntry};
 use crate::db::Client;
 use crate::gtid::GtidSet;
+use crate::restore::apply::{self, ApplyState, BatchFile, BinlogFile, Progress, RestoreTarget};
+use crate::restore::coordinator::download_binlog;
 use anyhow::Context as _;
 
 use super::observe::{self, ObservedStream};
@@ -87,7 +93,102 @@ pub enum Takeover {
     /// The streams, with their promotion records written.
     Ready(Vec<ObservedStream>),
     /// The streams hold transactions this server has not executed.
-    Missing { stream_id: String, missing: GtidSet },
+    Missing {
+        stream_id: String,
+        missing: GtidSet,
+        site: String,
+        /// The stream's valid binlogs, in order.
+        binlogs: Vec<BinlogInfo>,
+    },
+}
+
+/// How long applying the missing binlogs may take before promotion gives up on this attempt.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Downloads the stored binlogs from the first holding a transaction the server lacks, and
+/// applies them with the relay-log replay. Returns how many files were applied. Runs on a
+/// task thread.
+pub fn apply_missing(ctx: &Context, site: &str, binlogs: &[BinlogInfo]) -> anyhow::Result<usize> {
+    let handle = ctx
+        .sites
+        .get(site)
+        .with_context(|| format!("unknown backup site {site}"))?;
+    let mut client = Client::connect(&ctx.config.mysql.client_params)?;
+    let flavor = client.flavor();
+    let executed = client.executed_gtids()?.to_gtid_set();
+    let first_missing = binlogs
+        .iter()
+        .position(|binlog| !binlog.gtids().difference(&executed).is_empty());
+    let Some(first_missing) = first_missing else {
+        return Ok(0);
+    };
+    let mysql = &ctx.config.mysql;
+    let mut files = Vec::new();
+    let cleanup = |files: &[BinlogFile]| {
+        for file in files {
+            let _ = std::fs::remove_file(&file.path);
+        }
+    };
+    for binlog in &binlogs[first_missing..] {
+        let index = binlog.remote_index.unwrap_or(0);
+        let path = PathBuf::from(format!(
+            "{}.promote.{index:06}",
+            mysql.relay_log_prefix.display()
+        ));
+        log::info!(
+            "promotion: fetching stored binlog {index} ({})",
+            binlog.file_name
+        );
+        if let (Err(message), _) =
+            download_binlog(handle.storage.as_ref(), &handle.private_key, binlog, &path)
+        {
+            cleanup(&files);
+            anyhow::bail!("downloading binlog {index}: {message}");
+        }
+        files.push(BinlogFile {
+            path,
+            source_file: binlog.file_name.clone(),
+            start_pos: apply::BINLOG_START,
+        });
+    }
+    let result = (|| -> anyhow::Result<usize> {
+        let plan = apply::plan(flavor, &executed, &files, &RestoreTarget::Latest)?;
+        let batch: Vec<BatchFile> = plan
+            .files_to_apply()
+            .map(|(index, planned)| BatchFile {
+                path: files[index].path.clone(),
+                plan: planned.clone(),
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // A crash starts this step over from the server's GTIDs: nothing to persist.
+        let mut save = |_: &ApplyState| Ok(());
+        let mut state = ApplyState::new(
+            mysql.relay_log_prefix.clone(),
+            mysql.relay_log_index_file.clone(),
+        );
+        apply::prepare_server(&mut client, &mut state, &executed, &mut save)?;
+        apply::apply_batch(&mut client, &mut state, &batch, &mut save)?;
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        loop {
+            match apply::poll_batch(&mut client, &mut state, Duration::from_secs(5), &mut save)? {
+                Progress::Done => break,
+                Progress::Failed { errno, message } => {
+                    anyhow::bail!("the SQL thread failed: {errno} {message}")
+                }
+                Progress::Running { .. } if Instant::now() > deadline => {
+                    anyhow::bail!("not applied within {APPLY_TIMEOUT:?}")
+                }
+                Progress::Running { .. } => {}
+            }
+        }
+        apply::finish(&mut client, &mut state, &mut save)?;
+        Ok(batch.len())
+    })();
+    cleanup(&files);
+    result
 }
 
 /// Writes our promotion record to each stream of `backups` worth taking over (see the module
@@ -156,6 +257,8 @@ pub fn take_over(
                 return Ok(Takeover::Missing {
                     stream_id: backup.stream_id.clone(),
                     missing,
+                    site: backup.site.clone(),
+                    binlogs,
                 });
             }
         }
@@ -215,14 +318,25 @@ impl Controller {
         self.promoting = false;
         let streams = match result {
             Ok(Takeover::Ready(streams)) => streams,
-            Ok(Takeover::Missing { stream_id, missing }) => {
+            Ok(Takeover::Missing {
+                stream_id,
+                missing,
+                site,
+                binlogs,
+            }) => {
                 log::warn!(
-                    "promotion waits: backup stream {stream_id} stores transactions this server \
-                     has not executed ({missing}); retrying in {RETRY_INTERVAL:?} (PUT /status \
-                     {{\"mode\": \"active\", \"force\": true}} accepts their loss)"
+                    "promotion: backup stream {stream_id} stores transactions this server has \
+                     not executed ({missing}); applying them from storage (PUT /status \
+                     {{\"mode\": \"active\", \"force\": true}} accepts their loss instead)"
                 );
                 self.waiting_for_missing = true;
-                self.promote_retry_at = Some(std::time::Instant::now() + RETRY_INTERVAL);
+                self.promoting = true;
+                let ctx = std::sync::Arc::clone(&self.ctx);
+                tasks::spawn("promote-apply", &self.events_tx, move || {
+                    Event::MissingApplied(
+                        apply_missing(&ctx, &site, &binlogs).map_err(|e| format!("{e:#}")),
+                    )
+                });
                 return;
             }
             Err(message) => {
@@ -275,6 +389,23 @@ impl Controller {
         self.state.backups_fetched_at = 0.0;
         self.persist();
         self.set_mode(Mode::Active);
+    }
+
+    pub(super) fn missing_applied(&mut self, result: Result<usize, String>) {
+        self.promoting = false;
+        match result {
+            Ok(n_files) => {
+                log::info!("promotion: applied {n_files} stored binlogs; taking over again");
+                self.promote_retry_at = None;
+            }
+            Err(message) => {
+                log::error!(
+                    "promotion: applying the stored binlogs failed, retrying in \
+                     {RETRY_INTERVAL:?}: {message}"
+                );
+                self.promote_retry_at = Some(std::time::Instant::now() + RETRY_INTERVAL);
+            }
+        }
     }
 
     /// A stream taken over from another server: skips (marks processed without uploading)

@@ -65,6 +65,8 @@ pub enum Event {
     },
     /// A promotion attempt's outcome.
     TakenOver(Result<super::promote::Takeover, String>),
+    /// Stored binlogs a promoted server lacked were applied: how many files.
+    MissingApplied(Result<usize, String>),
     /// Whether the server may be promoted, for a pending `PUT /status`.
     PromotableChecked {
         result: Result<(), String>,

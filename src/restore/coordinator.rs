@@ -1049,7 +1049,8 @@ impl Downloads {
                     .spawn(move || {
                         for job in jobs {
                             let remote_index = job.binlog.remote_index.unwrap_or(0);
-                            let (result, integrity) = download_binlog(storage.as_ref(), &key, &job);
+                            let (result, integrity) =
+                                download_binlog(storage.as_ref(), &key, &job.binlog, &job.path);
                             let _ = results.send(DownloadResult {
                                 remote_index,
                                 result,
@@ -1156,18 +1157,18 @@ impl Downloads {
     }
 }
 
-/// Downloads one binlog to a temporary name and renames it into place only after the
+/// Downloads one binlog to `path` through a temporary name, renamed into place only after the
 /// integrity check passed. The bool tells an integrity failure from others.
-fn download_binlog(
+pub(crate) fn download_binlog(
     storage: &dyn crate::storage::ObjectStorage,
     key: &crate::pipeline::encrypt::PrivateKey,
-    job: &DownloadJob,
+    binlog: &BinlogInfo,
+    path: &Path,
 ) -> (Result<(), String>, bool) {
-    let Some(remote_key) = job.binlog.remote_key.as_deref() else {
+    let Some(remote_key) = binlog.remote_key.as_deref() else {
         return (Err("binlog without a remote key".to_owned()), false);
     };
-    let algorithm: Algorithm = match job
-        .binlog
+    let algorithm: Algorithm = match binlog
         .compression_algorithm
         .as_deref()
         .unwrap_or("snappy")
@@ -1176,7 +1177,7 @@ fn download_binlog(
         Ok(algorithm) => algorithm,
         Err(err) => return (Err(err.to_string()), true),
     };
-    let mut partial = job.path.as_os_str().to_owned();
+    let mut partial = path.as_os_str().to_owned();
     partial.push(".part");
     let partial = PathBuf::from(partial);
     let result = (|| -> Result<(), pipeline::Error> {
@@ -1187,7 +1188,7 @@ fn download_binlog(
             .into_inner()
             .map_err(|e| pipeline::Error::Sink(e.into_error()))?;
         file.sync_all().map_err(pipeline::Error::Sink)?;
-        std::fs::rename(&partial, &job.path).map_err(pipeline::Error::Sink)
+        std::fs::rename(&partial, path).map_err(pipeline::Error::Sink)
     })();
     match result {
         Ok(()) => (Ok(()), false),

@@ -67,11 +67,7 @@ fn survives_a_failover(flavor: Flavor) {
 
     load_phase(&master, 3, 2);
     let before = checkpoint(&master);
-    load_phase(&master, 3, 3);
-    master_daemon.rotate_and_wait();
     standby.wait_until_caught_up(&master, CAUGHT_UP);
-    other_standby.wait_until_caught_up(&master, CAUGHT_UP);
-    let at_failover = checkpoint(&master);
 
     // A standby still replicating, or open for writes, is not promoted.
     let refused = |what: &str| {
@@ -82,17 +78,34 @@ fn survives_a_failover(flavor: Flavor) {
     };
     standby.sql("SET GLOBAL read_only = ON");
     refused("replicating");
+    // The standby falls behind: what follows reaches only the master, its backup and the
+    // other standby.
     stop_replication(&standby);
     standby.sql("SET GLOBAL read_only = OFF");
     refused("read_only off");
-
-    // The master is cut off from its standbys; the standby is promoted, then opened for writes.
     standby.sql("SET GLOBAL read_only = ON");
+    load_phase(&master, 3, 3);
+    master_daemon.rotate_and_wait();
+    other_standby.wait_until_caught_up(&master, CAUGHT_UP);
+    let at_failover = checkpoint(&master);
+    assert_ne!(
+        standby.checksum_all_tables(),
+        at_failover.checksums,
+        "the standby did not fall behind"
+    );
+
+    // The master is cut off; the lagging standby is promoted: it applies what the backup has
+    // and it lacks, takes the stream over, and is then opened for writes.
     stop_replication(&other_standby);
     let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["mode"], "promote", "{body}");
-    standby_daemon.wait_mode("active", Duration::from_secs(120));
+    standby_daemon.wait_mode("active", Duration::from_secs(180));
+    assert_eq!(
+        standby.checksum_all_tables(),
+        at_failover.checksums,
+        "the promoted standby lacks what the backup stored"
+    );
     standby.sql("SET GLOBAL read_only = OFF");
 
     // The deposed master goes on writing and uploading into the same stream.
