@@ -32,8 +32,19 @@ fn metadata<T: serde::de::DeserializeOwned>(object: &Value) -> Option<T> {
 
 /// A daemon for `db` in `mode`, on `site`.
 fn daemon_for(db: &DbServer, dir: &std::path::Path, site: &Value, mode: &str) -> Daemon {
+    daemon_with(db, dir, site, mode, |_| {})
+}
+
+fn daemon_with(
+    db: &DbServer,
+    dir: &std::path::Path,
+    site: &Value,
+    mode: &str,
+    tweak: impl FnOnce(&mut Value),
+) -> Daemon {
     let mut config = daemon::config_for(db, dir, site.clone(), Daemon::pick_port());
     config["backup_settings"]["forced_binlog_rotation_interval"] = 2.into();
+    tweak(&mut config);
     let daemon = Daemon::start(dir, &config);
     let (status, body) = daemon.put("/status", json!({"mode": mode}));
     assert_eq!(status, 200, "{body}");
@@ -63,11 +74,28 @@ fn survives_a_failover(flavor: Flavor) {
         .expect("a stream id")
         .to_owned();
     let standby_daemon = daemon_for(&standby, dirs[1].path(), &site, "observe");
-    let other_daemon = daemon_for(&other_standby, dirs[2].path(), &site, "observe");
+    // The other standby purges its binlogs once the backup stores their transactions.
+    let other_daemon = daemon_with(&other_standby, dirs[2].path(), &site, "observe", |config| {
+        config["binlog_purge_settings"]["enabled"] = true.into();
+        config["binlog_purge_settings"]["min_binlog_age_before_purge"] = 1.into();
+        config["binlog_purge_settings"]["purge_interval"] = 1.into();
+    });
 
     load_phase(&master, 3, 2);
     let before = checkpoint(&master);
     standby.wait_until_caught_up(&master, CAUGHT_UP);
+
+    // Observe mode purges a standby's closed binlog once the backup stores every transaction
+    // in it.
+    other_standby.wait_until_caught_up(&master, CAUGHT_UP);
+    other_standby.flush_binary_logs();
+    let closed = other_standby.binlog_files()[0].clone();
+    master_daemon.rotate_and_wait();
+    other_daemon.wait_for(
+        "the standby's binlog purged",
+        Duration::from_secs(60),
+        |_| (!closed.exists()).then_some(()),
+    );
 
     // A standby still replicating, or open for writes, is not promoted.
     let refused = |what: &str| {
