@@ -920,6 +920,12 @@ impl Controller {
                                 "Can only force promotion while waiting for binlogs to be applied",
                             ));
                         }
+                        // The restore finishes without the rest of the binlogs, and the
+                        // server is promoted accepting their loss.
+                        log::warn!("restore forced to complete; promoting afterwards");
+                        self.state.promote_on_restore_completion = true;
+                        self.state.force_promote = true;
+                        self.persist();
                     } else if !restore.is_complete() {
                         return Err(bad_request(
                             "Restore is not complete, cannot switch to active mode",
@@ -1525,11 +1531,17 @@ impl Controller {
     fn restore_finished(&mut self, outcome: RestoreOutcome) {
         match outcome {
             RestoreOutcome::Completed => {
-                log::info!("restore completed; switching to observe mode");
                 self.finish_restore();
                 self.server = None;
                 self.state.backups_fetched_at = 0.0;
-                self.set_mode(Mode::Observe);
+                if self.state.promote_on_restore_completion {
+                    log::info!("restore completed; promoting as forced");
+                    self.state.promote_on_restore_completion = false;
+                    self.set_mode(Mode::Promote);
+                } else {
+                    log::info!("restore completed; switching to observe mode");
+                    self.set_mode(Mode::Observe);
+                }
             }
             RestoreOutcome::Failed(message) => {
                 // The coordinator keeps its failed phase for /status/restore; the mode stays

@@ -85,6 +85,8 @@ pub struct ControllerState {
     pub binlogs_purged_at: f64,
     /// Promotion accepts the loss of stored transactions this server lacks.
     pub force_promote: bool,
+    /// A forced restore goes on to promotion once it is finalized.
+    pub promote_on_restore_completion: bool,
 }
 
 /// A stream's active phase (MyHoard's `BackupStream.ActivePhase`).

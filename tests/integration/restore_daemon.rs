@@ -508,3 +508,79 @@ fn mariadb_restore_refuses_tampered_objects() {
         "nothing from a tampered snapshot reaches the data directory"
     );
 }
+
+/// `PUT /status {"mode": "active", "force": true}` while a restore applies binlogs: the restore
+/// finishes without the rest, the server is promoted accepting their loss, takes the backup
+/// stream over and backs up its own writes into it. Force anywhere else is a 400.
+fn forced_restore_promotes(flavor: Flavor, target_server_id: u32) {
+    let Some(source) = backed_up_source(flavor, "force") else {
+        return;
+    };
+    let stream_id = source.backup["stream_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let objects = crate::backup_daemon::stored_objects(&source.daemon.dir().join("myhoard.json"));
+    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
+    let largest = binlogs
+        .values()
+        .map(|(_, b)| b.file_size)
+        .max()
+        .unwrap_or(0);
+    drop(source.daemon);
+    // One binlog per batch: plenty of moments that are "waiting for apply".
+    let mut target = restore_target(flavor, &source.site, target_server_id, |config| {
+        config["restore_max_binlog_bytes"] = largest.into();
+    });
+    let (status, body) = target.daemon.put(
+        "/status",
+        json!({"mode": "restore", "site": "default", "stream_id": stream_id}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = target
+        .daemon
+        .put("/status", json!({"mode": "active", "force": true}));
+    assert_eq!(status, 400, "force before any binlog is applied: {body}");
+    target
+        .daemon
+        .wait_for("binlogs being applied", Duration::from_secs(300), |d| {
+            let (_, status) = d.get("/status/restore");
+            (status["phase"] == "waiting_for_apply_to_finish").then_some(())
+        });
+    let (status, body) = target
+        .daemon
+        .put("/status", json!({"mode": "active", "force": true}));
+    assert_eq!(status, 200, "{body}\n{}", target.daemon.log_tail());
+    assert_eq!(body["mode"], "restore", "{body}");
+    target.daemon.wait_mode("active", Duration::from_secs(300));
+    target.db.attach_to_running();
+    let (status, body) = target
+        .daemon
+        .put("/status", json!({"mode": "active", "force": true}));
+    assert_eq!(status, 400, "force once active: {body}");
+
+    // The promoted server's own writes go into the stream it was restored from.
+    target
+        .db
+        .sql("CREATE DATABASE after_force; CREATE TABLE after_force.t (id INT PRIMARY KEY); INSERT INTO after_force.t VALUES (1)");
+    target.daemon.rotate_and_wait();
+    let objects = crate::backup_daemon::stored_objects(&target.daemon.dir().join("myhoard.json"));
+    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
+    assert!(
+        binlogs
+            .values()
+            .any(|(_, binlog)| binlog.server_id == target_server_id),
+        "the promoted server uploaded nothing to {stream_id}\n{}",
+        target.daemon.log_tail()
+    );
+}
+
+#[test]
+fn mariadb_forced_restore_promotes() {
+    forced_restore_promotes(Flavor::MariaDb, 6);
+}
+
+#[test]
+fn mysql_forced_restore_promotes() {
+    forced_restore_promotes(Flavor::MySql, 6);
+}
