@@ -1028,10 +1028,13 @@ impl Config {
 fn permission_warning(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
+    // Group read is how the packaged layout lets the service user read a root-owned file
+    // (root:mysql 0640); group write and anything for others is not.
+    (mode & 0o037 != 0).then(|| {
         format!(
-            "the file is readable or writable by group or others (mode {:04o}), but it holds \
-             the RSA private key and the MySQL password: chmod 600 it",
+            "the file is writable by its group or readable or writable by others (mode {:04o}), \
+             but it holds the RSA private key and the MySQL password: chmod 640 (owner root, \
+             group of the service user) or 600 it",
             mode & 0o7777
         )
     })
@@ -2830,11 +2833,17 @@ RQIDAQAB
 
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         file.write_all(EXAMPLE.as_bytes()).expect("write");
-        for (mode, warned) in [(0o600, false), (0o640, true), (0o644, true), (0o602, true)] {
+        for (mode, warned) in [
+            (0o600, false),
+            (0o640, false),
+            (0o660, true),
+            (0o644, true),
+            (0o602, true),
+        ] {
             std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode))
                 .expect("chmod");
             let config = Config::load(file.path()).unwrap_or_else(|errors| panic!("{errors}"));
-            let has = config.warnings.iter().any(|w| w.contains("chmod 600"));
+            let has = config.warnings.iter().any(|w| w.contains("chmod 640"));
             assert_eq!(has, warned, "mode {mode:o}: {:?}", config.warnings);
         }
 

@@ -71,6 +71,7 @@ pub mod db;
 pub mod gtid;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod mysqld;
 pub mod pipeline;
 pub mod purge;

@@ -27,24 +27,40 @@ pub fn init(daemon: bool, level_argument: Option<&str>) {
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("main");
         let module = record.target();
+        let text = record.args().to_string();
+        let message = one_line(&text);
         if journald {
             writeln!(
                 out,
-                "<{}>{thread} {module}: {}",
+                "<{}>{thread} {module}: {message}",
                 syslog_priority(record.level()),
-                record.args()
             )
         } else {
             writeln!(
                 out,
-                "{}\t{thread}\t{module}\t{}\t{}",
+                "{}\t{thread}\t{module}\t{}\t{message}",
                 chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 record.level(),
-                record.args()
             )
         }
     });
     let _ = builder.try_init();
+}
+
+/// One event, one line: a message of several lines (a config's list of problems, say) has
+/// them joined with ` | `, so under journald no part of it loses its priority.
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.contains('\n') {
+        message
+            .lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+            .into()
+    } else {
+        message.into()
+    }
 }
 
 fn syslog_priority(level: Level) -> u8 {
@@ -53,5 +69,26 @@ fn syslog_priority(level: Level) -> u8 {
         Level::Warn => 4,
         Level::Info => 6,
         Level::Debug | Level::Trace => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn messages_become_one_line() {
+        let cases = [
+            ("plain", "plain"),
+            ("", ""),
+            (
+                "invalid:\nkey a: bad\nkey b: worse\n",
+                "invalid: | key a: bad | key b: worse",
+            ),
+            ("trailing spaces  \r\nnext", "trailing spaces | next"),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(one_line(message), expected, "{message:?}");
+        }
     }
 }

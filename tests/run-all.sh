@@ -22,3 +22,6 @@ fi
 
 echo "== tests"
 cargo nextest run --locked --no-fail-fast "$@"
+
+echo "== packages"
+tests/packages.sh

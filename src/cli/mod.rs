@@ -254,7 +254,7 @@ fn run_daemon(mut parser: lexopt::Parser) -> Result<()> {
         }
     }
     let config = common.load_config()?;
-    crate::daemon::run(config)
+    crate::daemon::run(config, &common.config_path()?)
 }
 
 fn validate_config(mut parser: lexopt::Parser) -> Result<()> {

@@ -33,6 +33,7 @@ use crate::backup_stream::upload::{UploadJob, UploadOutcome};
 use crate::binlog_scanner::{WatcherEvent, WatcherRequest};
 use crate::config::Config;
 use crate::http::{ApiError, ApiRequest, Command, ModeRequest, Reply, RequestedMode};
+use crate::metrics::Metrics;
 use crate::pipeline::compress::CompressionSettings;
 use crate::pipeline::encrypt::{PrivateKey, PublicKey};
 use crate::restore::coordinator::{RestoreHandle, RestoreOutcome};
@@ -50,6 +51,8 @@ const BACKUP_REFRESH_INTERVAL: f64 = 120.0;
 const TICK: Duration = Duration::from_millis(200);
 /// How often a running snapshot's progress is logged.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often active mode sends the backup streams' gauges (MyHoard: every loop, 1 s or more).
+const STREAM_STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One backup site, ready to use.
 pub struct SiteHandle {
@@ -61,10 +64,11 @@ pub struct SiteHandle {
     pub recovery_only: bool,
 }
 
-/// What every thread may read: the config and the opened sites.
+/// What every thread may read: the config, the opened sites and the metrics handle.
 pub struct Context {
     pub config: Config,
     pub sites: BTreeMap<String, SiteHandle>,
+    pub metrics: Metrics,
 }
 
 impl Context {
@@ -136,8 +140,8 @@ pub struct Controller {
     probe_retry_at: Option<Instant>,
     refreshing: bool,
     rotating: bool,
-    /// The binlog position right after our last rotation.
-    position_after_rotation: Option<(String, u64)>,
+    /// The server's executed GTIDs right after our last rotation.
+    executed_after_rotation: Option<String>,
     deleting: BTreeSet<String>,
     /// Bumped whenever the controller changes storage in a way a listing shows (a deleted
     /// backup, a marker): a listing started before that is stale and is redone.
@@ -159,6 +163,13 @@ pub struct Controller {
     mode_change_checking: bool,
     /// Why binlogs were last kept, as logged at info level (logged again only on a change).
     last_purge_hold_logged: Option<purging::HoldKey>,
+    /// When a purge round last removed binlogs, and when nothing was last overdue for
+    /// purging (epoch seconds; since this start, as they are not persisted).
+    last_binlog_purge: f64,
+    last_could_have_purged: f64,
+    stream_stats_sent_at: Option<Instant>,
+    /// Commit time (epoch seconds) of the newest transaction any stream has stored.
+    newest_backed_up_commit: Option<u64>,
     waiters: Vec<UploadWaiter>,
     restore: Option<RestoreHandle>,
     events_tx: Sender<Event>,
@@ -204,7 +215,7 @@ impl Controller {
             probe_retry_at: None,
             refreshing: false,
             rotating: false,
-            position_after_rotation: None,
+            executed_after_rotation: None,
             deleting: BTreeSet::new(),
             listing_generation: 0,
             info_cache: BTreeMap::new(),
@@ -218,6 +229,10 @@ impl Controller {
             waiting_for_missing: false,
             mode_change_checking: false,
             last_purge_hold_logged: None,
+            last_binlog_purge: now_epoch(),
+            last_could_have_purged: now_epoch(),
+            stream_stats_sent_at: None,
+            newest_backed_up_commit: None,
             waiters: Vec::new(),
             restore: None,
             events_tx,
@@ -241,6 +256,12 @@ impl Controller {
     pub fn run(mut self) {
         log::info!("controller started in mode {}", self.state.mode);
         self.notify_mode();
+        for _ in self.streams.keys() {
+            // Our streams carry on after a restart (or a reload), as MyHoard's do.
+            self.ctx
+                .metrics
+                .increase("myhoard.backup_started", &[("resumed", "true")]);
+        }
         loop {
             select! {
                 recv(self.channels.commands) -> command => match command {
@@ -286,7 +307,16 @@ impl Controller {
         if let Err(err) = state_files::write_json(&self.state_path, &self.state) {
             // Nothing can go on safely without durable state; keep trying each tick.
             log::error!("saving controller state: {err}");
+            self.count_error("save_state");
         }
+    }
+
+    /// `myhoard.generic_errors`: a failure of the controller's own work that has no metric of
+    /// its own, tagged with where it happened.
+    fn count_error(&self, location: &str) {
+        self.ctx
+            .metrics
+            .increase("myhoard.generic_errors", &[("where", location)]);
     }
 
     fn persist_stream(&self, stream_id: &str) {
@@ -308,6 +338,9 @@ impl Controller {
     }
 
     fn notify_mode(&self) {
+        self.ctx
+            .metrics
+            .set_global_tag("controller_mode", self.state.mode.as_str());
         if let Some(changes) = &self.channels.mode_changes {
             let _ = changes.send(self.state.mode);
         }
@@ -321,9 +354,12 @@ impl Controller {
                 self.binlogs = binlogs;
                 self.binlogs.dedup_by_key(|b| b.local_index);
                 self.binlogs_loaded = true;
+                self.send_local_binlog_gauges();
             }
             WatcherEvent::Scanned(result) => {
+                let metrics = &self.ctx.metrics;
                 if !result.removed.is_empty() {
+                    metrics.increase_by("myhoard.binlog.removed", result.removed.len(), &[]);
                     let removed: BTreeSet<u64> = result.removed.iter().copied().collect();
                     self.binlogs.retain(|b| !removed.contains(&b.local_index));
                 }
@@ -339,12 +375,24 @@ impl Controller {
                             info.gtid_ranges.len()
                         );
                     }
+                    metrics.increase_by("myhoard.binlog.count_new", added.len(), &[]);
+                    let new_bytes: u64 = added.iter().map(|b| b.file_size).sum();
+                    metrics.increase_by("myhoard.binlog.size_new", new_bytes, &[]);
                     self.state.last_binlog_rotation = now_epoch();
                     self.binlogs.extend(added);
                 }
+                self.send_local_binlog_gauges();
             }
             WatcherEvent::Failed(_) => {}
         }
+    }
+
+    /// `myhoard.binlog.count` and `.size`: the closed local binlogs the controller knows.
+    fn send_local_binlog_gauges(&self) {
+        let n_bytes: u64 = self.binlogs.iter().map(|b| b.file_size).sum();
+        let metrics = &self.ctx.metrics;
+        metrics.gauge("myhoard.binlog.count", self.binlogs.len(), &[]);
+        metrics.gauge("myhoard.binlog.size", n_bytes, &[]);
     }
 
     fn handle_upload(&mut self, outcome: UploadOutcome) {
@@ -352,8 +400,11 @@ impl Controller {
             return;
         };
         let local_index = outcome.info.local_index;
+        let metrics = &self.ctx.metrics;
         match outcome.result {
             Ok(stats) => {
+                metrics.increase("myhoard.binlog.upload", &[]);
+                metrics.increase_by("myhoard.binlog.upload_bytes", stats.stored_bytes, &[]);
                 log::info!(
                     "uploaded {} as {} ({} bytes stored, {:.2} s)",
                     outcome.info.file_name,
@@ -383,6 +434,7 @@ impl Controller {
                 }
             }
             Err(message) => {
+                metrics.increase("myhoard.binlog.upload_errors", &[]);
                 stream.state.backup_errors += 1;
                 let backoff = Duration::from_secs_f64(
                     1.5f64
@@ -456,13 +508,23 @@ impl Controller {
                     }
                     Err(message) => {
                         log::error!("{message}");
+                        self.ctx.metrics.increase("myhoard.remote_read_errors", &[]);
                         self.state.backups_fetched_at = now_epoch() - BACKUP_REFRESH_INTERVAL + 5.0;
                     }
                 }
             }
             Event::StreamsObserved(result) => self.streams_observed(result),
             Event::BinlogsPurged { round, result } => self.binlogs_purged(round, result),
-            Event::TakenOver(result) => self.taken_over(result),
+            Event::TakenOver(result) => {
+                let before: BTreeSet<String> = self.streams.keys().cloned().collect();
+                self.taken_over(result);
+                for _ in self.streams.keys().filter(|id| !before.contains(*id)) {
+                    // A promoted server resumes the streams it took over.
+                    self.ctx
+                        .metrics
+                        .increase("myhoard.backup_started", &[("resumed", "true")]);
+                }
+            }
             Event::MissingApplied(result) => self.missing_applied(result),
             Event::PromotableChecked {
                 result,
@@ -493,7 +555,7 @@ impl Controller {
                 match result {
                     Ok(outcome) => {
                         self.state.last_binlog_rotation = now_epoch();
-                        self.position_after_rotation = Some(outcome.position.clone());
+                        self.executed_after_rotation = Some(outcome.executed.clone());
                         let _ = self
                             .channels
                             .watcher_requests
@@ -515,6 +577,7 @@ impl Controller {
                     }
                     Err(message) => {
                         log::error!("rotating the binlog failed: {message}");
+                        self.count_error("rotate_binlog");
                         if let Some(reply) = reply {
                             let _ = reply.send(Err(ApiError::internal(format!(
                                 "rotating the binlog failed: {message}"
@@ -527,6 +590,15 @@ impl Controller {
                 stream_id,
                 progress,
             } => {
+                let metrics = &self.ctx.metrics;
+                metrics.gauge(
+                    "myhoard.backup_stream.basebackup_bytes_uploaded",
+                    progress.stored_bytes,
+                    &[],
+                );
+                if let Some(percent) = progress.estimated_percent() {
+                    metrics.gauge("myhoard.basebackup.estimated_progress", percent, &[]);
+                }
                 if let Some(stream) = self.streams.get_mut(&stream_id) {
                     let due = stream
                         .progress_logged_at
@@ -572,7 +644,10 @@ impl Controller {
                         self.persist();
                         self.apply_retention();
                     }
-                    Err(message) => log::error!("deleting backup {stream_id}: {message}"),
+                    Err(message) => {
+                        log::error!("deleting backup {stream_id}: {message}");
+                        self.count_error("delete_backup");
+                    }
                 }
             }
         }
@@ -584,8 +659,34 @@ impl Controller {
         };
         stream.snapshot_running = None;
         stream.progress = None;
+        let metrics = &self.ctx.metrics;
+        metrics.gauge("myhoard.backup_stream.basebackup_requested", 0u64, &[]);
         match result {
             Ok(info) => {
+                // MyHoard's uncompressed size is the data directory's at the end.
+                let incremental = [(
+                    "incremental",
+                    if info.incremental { "True" } else { "False" },
+                )];
+                metrics.gauge(
+                    "myhoard.basebackup.bytes_compressed",
+                    info.compressed_size,
+                    &incremental,
+                );
+                if let Some(end_size) = info.end_size {
+                    metrics.gauge(
+                        "myhoard.basebackup.bytes_uncompressed",
+                        end_size,
+                        &incremental,
+                    );
+                    if end_size > 0 && info.compressed_size > 0 {
+                        metrics.gauge(
+                            "myhoard.basebackup.compression_ratio",
+                            end_size as f64 / info.compressed_size as f64,
+                            &incremental,
+                        );
+                    }
+                }
                 log::info!(
                     "snapshot of stream {stream_id} stored: {} bytes in {} split(s), binlog {} \
                      position {}, GTID {}",
@@ -603,6 +704,7 @@ impl Controller {
                 self.persist();
             }
             Err(message) => {
+                metrics.increase("myhoard.basebackup.errors", &[]);
                 stream.state.basebackup_errors += 1;
                 let backoff = Duration::from_secs_f64(
                     1.5f64
@@ -630,6 +732,9 @@ impl Controller {
             Ok(at) => at,
             Err(message) => {
                 log::error!("writing the {marker:?} marker of {stream_id}: {message}");
+                self.ctx
+                    .metrics
+                    .increase("myhoard.remote_write_errors", &[]);
                 return;
             }
         };
@@ -1161,6 +1266,97 @@ impl Controller {
         self.complete_and_close_streams();
         self.rotate_if_due();
         self.purge_binlogs_if_due();
+        self.send_stream_stats();
+    }
+
+    /// Active mode's gauges of the backup streams, every [`STREAM_STATS_INTERVAL`]: MyHoard's
+    /// pending binlogs and upload ages (the minimum and maximum over the streams), and ours,
+    /// the age of the newest transaction stored.
+    fn send_stream_stats(&mut self) {
+        let metrics = &self.ctx.metrics;
+        if self.streams.is_empty()
+            || !metrics.is_enabled()
+            || self
+                .stream_stats_sent_at
+                .is_some_and(|at| at.elapsed() < STREAM_STATS_INTERVAL)
+        {
+            return;
+        }
+        self.stream_stats_sent_at = Some(Instant::now());
+        let now = now_epoch();
+        let streaming = |stream: &&Stream| {
+            matches!(
+                stream.state.active_details.phase,
+                Phase::BinlogCatchup | Phase::Binlog
+            )
+        };
+        let mut counts = Vec::new();
+        let mut bytes = Vec::new();
+        let mut upload_ages = Vec::new();
+        let mut upload_delays = Vec::new();
+        for stream in self.streams.values() {
+            let pending = Self::pending_binlogs(&self.binlogs, &stream.state);
+            counts.push(pending.len() as u64);
+            bytes.push(pending.iter().map(|b| b.file_size).sum::<u64>());
+            let is_streaming = streaming(&stream);
+            let last_upload = stream
+                .state
+                .last_binlog_upload_time
+                .unwrap_or(stream.state.created_at);
+            upload_ages.push(if is_streaming { now - last_upload } else { 0.0 });
+            // MyHoard takes the oldest pending binlog's mtime; the scanner's time is as good.
+            let oldest_pending = pending.first().filter(|_| is_streaming);
+            upload_delays.push(oldest_pending.map_or(0.0, |b| (now - b.processed_at).max(0.0)));
+        }
+        let min_max = |values: &[u64]| {
+            (
+                values.iter().copied().min().unwrap_or(0),
+                values.iter().copied().max().unwrap_or(0),
+            )
+        };
+        let float_min_max = |values: &[f64]| {
+            (
+                values.iter().copied().fold(f64::INFINITY, f64::min),
+                values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
+        };
+        let (min, max) = min_max(&counts);
+        metrics.gauge("myhoard.pending_binlog_count_min", min, &[]);
+        metrics.gauge("myhoard.pending_binlog_count_max", max, &[]);
+        let (min, max) = min_max(&bytes);
+        metrics.gauge("myhoard.pending_binlog_bytes_min", min, &[]);
+        metrics.gauge("myhoard.pending_binlog_bytes_max", max, &[]);
+        let (min, max) = float_min_max(&upload_ages);
+        metrics.gauge("myhoard.binlog_upload_age_min", min, &[]);
+        metrics.gauge("myhoard.binlog_upload_age_max", max, &[]);
+        let (min, max) = float_min_max(&upload_delays);
+        metrics.gauge("myhoard.binlog_upload_delay_min", min.round() as i64, &[]);
+        metrics.gauge("myhoard.binlog_upload_delay_max", max.round() as i64, &[]);
+
+        // The live recovery point: the newest commit in any binlog a stream has stored. Kept
+        // once seen, so that purging the binlog it was in does not lose it.
+        let stored_up_to = self
+            .streams
+            .values()
+            .filter(streaming)
+            .map(|s| s.state.last_processed_local_index)
+            .max();
+        if let Some(stored_up_to) = stored_up_to {
+            let newest = self
+                .binlogs
+                .iter()
+                .filter(|b| b.local_index <= stored_up_to)
+                .filter_map(|b| b.gtid_ranges.iter().map(|range| range.end_ts).max())
+                .max();
+            self.newest_backed_up_commit = self.newest_backed_up_commit.max(newest);
+        }
+        if let Some(commit) = self.newest_backed_up_commit {
+            self.ctx.metrics.gauge(
+                "myhoard.backup_stream.recovery_point_age",
+                (now - commit as f64).max(0.0),
+                &[],
+            );
+        }
     }
 
     fn stream_schedules(&self) -> Vec<schedule::StreamSchedule> {
@@ -1260,6 +1456,9 @@ impl Controller {
             "starting backup stream {stream_id} ({})",
             state.backup_reason
         );
+        self.ctx
+            .metrics
+            .increase("myhoard.backup_started", &[("resumed", "false")]);
         self.streams.insert(stream_id.clone(), Stream::new(state));
         self.persist_stream(&stream_id);
         self.state.owned_stream_ids.push(stream_id);
@@ -1289,6 +1488,9 @@ impl Controller {
                 let state = stream.state.clone();
                 let events = self.events_tx.clone();
                 log::info!("taking the snapshot of stream {stream_id}");
+                self.ctx
+                    .metrics
+                    .gauge("myhoard.backup_stream.basebackup_requested", 1u64, &[]);
                 tasks::spawn("snapshot", &self.events_tx, move || {
                     tasks::take_snapshot(&ctx, server.flavor, &state, &cancel, &events)
                 });
@@ -1442,15 +1644,15 @@ impl Controller {
         }
         self.rotating = true;
         let ctx = Arc::clone(&self.ctx);
-        let unchanged_since = self.position_after_rotation.clone();
+        let unchanged_since = self.executed_after_rotation.clone();
         tasks::spawn("rotate", &self.events_tx, move || {
             let result = (|| -> anyhow::Result<tasks::RotationOutcome> {
-                let position = tasks::binlog_position(&ctx)?;
-                if unchanged_since.as_ref() == Some(&position) {
+                let executed = tasks::executed_gtids(&ctx)?;
+                if unchanged_since.as_ref() == Some(&executed) {
                     // Nothing written since the last rotation: a new empty file helps nobody.
                     return Ok(tasks::RotationOutcome {
                         closed_index: None,
-                        position,
+                        executed,
                     });
                 }
                 log::info!("forcing a binlog rotation: the interval has passed");

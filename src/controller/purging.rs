@@ -6,6 +6,10 @@
 //! per [`PurgePlan::round_time_to_record`], drops the removed files from the controller's
 //! binlog list and has the watcher rescan, which records their removal. Every failure is
 //! logged and retried in the next round, as in MyHoard.
+//!
+//! Every round ends with MyHoard's gauges `myhoard.binlog.time_since_any_purged` and
+//! `myhoard.binlog.time_since_could_have_purged`; a round that ran `PURGE` also sends
+//! `myhoard.binlog.purged_per_cycle.files` and `.bytes`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::Discriminant;
@@ -67,6 +71,7 @@ impl Controller {
                     "the stored replication state cannot be read, no binlog is purged: {err}"
                 );
                 self.persist();
+                self.send_purge_age_gauges();
                 return;
             }
         };
@@ -101,8 +106,12 @@ impl Controller {
                         last.file_name
                     );
                 }
+                if plan.nothing_overdue {
+                    self.last_could_have_purged = layout::epoch_seconds(now);
+                }
                 self.state.binlogs_purged_at = plan.round_time_to_record(false, settings, now);
                 self.persist();
+                self.send_purge_age_gauges();
                 return;
             }
         };
@@ -123,6 +132,12 @@ impl Controller {
         round: PurgeRound,
         result: Result<Vec<BinaryLog>, crate::db::Error>,
     ) {
+        let metrics = &self.ctx.metrics;
+        if let Ok(removed) = &result {
+            let n_bytes: u64 = removed.iter().map(|log| log.size).sum();
+            metrics.gauge("myhoard.binlog.purged_per_cycle.files", removed.len(), &[]);
+            metrics.gauge("myhoard.binlog.purged_per_cycle.bytes", n_bytes, &[]);
+        }
         let purged = match result {
             Ok(removed) => match removed.last() {
                 Some(last) => {
@@ -175,15 +190,38 @@ impl Controller {
             held: None,
             nothing_overdue: true,
         };
+        let now = Utc::now();
         self.state.binlogs_purged_at =
-            plan.round_time_to_record(purged, &self.ctx.config.binlog_purge_settings, Utc::now());
+            plan.round_time_to_record(purged, &self.ctx.config.binlog_purge_settings, now);
+        if purged {
+            self.last_binlog_purge = layout::epoch_seconds(now);
+            self.last_could_have_purged = self.last_binlog_purge;
+        }
         self.persist();
+        self.send_purge_age_gauges();
         if purged {
             let _ = self
                 .channels
                 .watcher_requests
                 .try_send(WatcherRequest::ScanNow);
         }
+    }
+
+    /// MyHoard's gauges sent after every round: seconds since a round last removed binlogs,
+    /// and since nothing was last overdue (binlogs purged, or none that could legitimately go).
+    fn send_purge_age_gauges(&self) {
+        let now = layout::epoch_seconds(Utc::now());
+        let metrics = &self.ctx.metrics;
+        metrics.gauge(
+            "myhoard.binlog.time_since_any_purged",
+            now - self.last_binlog_purge,
+            &[],
+        );
+        metrics.gauge(
+            "myhoard.binlog.time_since_could_have_purged",
+            now - self.last_could_have_purged,
+            &[],
+        );
     }
 }
 

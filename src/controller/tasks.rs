@@ -96,9 +96,10 @@ pub struct ServerInfo {
 pub struct RotationOutcome {
     /// The local index of the binlog the rotation closed.
     pub closed_index: Option<u64>,
-    /// Binlog file and position right after the rotation: an unchanged position later means
-    /// nothing was written since.
-    pub position: (String, u64),
+    /// The server's executed GTIDs right after the rotation: the same set later means nothing
+    /// was written since. (Not the binlog position: MariaDB writes a checkpoint event into the
+    /// new binlog a moment after the rotation, which would look like a write.)
+    pub executed: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -184,17 +185,16 @@ pub fn rotate(ctx: &Context) -> anyhow::Result<RotationOutcome> {
         .rev()
         .nth(1)
         .and_then(|log| crate::db::flavor::log_file_index(&log.name));
-    let status = client.binlog_status()?;
     Ok(RotationOutcome {
         closed_index,
-        position: (status.file, status.position),
+        executed: client.executed_gtids()?.to_gtid_set().to_string(),
     })
 }
 
-/// The binlog position now, to tell whether anything was written since the last rotation.
-pub fn binlog_position(ctx: &Context) -> anyhow::Result<(String, u64)> {
-    let status = connect(ctx)?.binlog_status()?;
-    Ok((status.file, status.position))
+/// The server's executed GTIDs now, to tell whether anything was written since the last
+/// rotation.
+pub fn executed_gtids(ctx: &Context) -> anyhow::Result<String> {
+    Ok(connect(ctx)?.executed_gtids()?.to_gtid_set().to_string())
 }
 
 /// Takes the snapshot of `stream`, then closes the binlog it ended in and writes the stream's
@@ -253,7 +253,15 @@ fn snapshot_and_describe(
         cancel,
         progress: &progress,
     };
-    let snapshot = basebackup::take_snapshot(&job)?;
+    // MyHoard's timing of the snapshot tool, whichever tool it is.
+    let tool_started = std::time::Instant::now();
+    let snapshot = basebackup::take_snapshot(&job);
+    ctx.metrics.timing(
+        "myhoard.basebackup.xtrabackup_backup",
+        tool_started.elapsed(),
+        &[("success", if snapshot.is_ok() { "1" } else { "0" })],
+    );
+    let snapshot = snapshot?;
     // Close the binlog the snapshot ended in, so that it is uploaded at once.
     let mut client = connect(ctx)?;
     client.flush_binary_logs()?;

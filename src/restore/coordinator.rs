@@ -15,6 +15,11 @@
 //!
 //! Every phase is retried with backoff after an error; an integrity failure (a tampered or
 //! corrupted object) is never retried: the restore fails with that reason.
+//!
+//! Metrics: MyHoard's (`myhoard.restore_errors`, `myhoard.restore.binlogs_restored`,
+//! `myhoard.restore.pending_binlogs`, `myhoard.unexpected_sql_thread_starts`, the snapshot
+//! restore's progress and total time, `myhoard.basebackup_broken`) and ours: a restore's start,
+//! completion and failure (`myhoard.restore.started|completed|failed`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -262,13 +267,33 @@ impl Coordinator {
             self.state.options.site,
             self.state.phase
         );
+        let metrics = self.ctx.metrics.clone();
+        // A restore that had ended before this start (the daemon restarted since) is not
+        // counted again.
+        let ended_before = is_terminal(self.state.phase);
+        if !ended_before {
+            let resumed = self.state.phase != Phase::GettingBackupInfo;
+            metrics.increase(
+                "myhoard.restore.started",
+                &[("resumed", if resumed { "true" } else { "false" })],
+            );
+        }
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
             }
             match self.state.phase {
-                Phase::Completed => return Some(RestoreOutcome::Completed),
-                Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup => {
+                Phase::Completed => {
+                    if !ended_before {
+                        metrics.increase("myhoard.restore.completed", &[]);
+                    }
+                    return Some(RestoreOutcome::Completed);
+                }
+                phase @ (Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup) => {
+                    if !ended_before {
+                        metrics
+                            .increase("myhoard.restore.failed", &[("phase", &phase_name(phase))]);
+                    }
                     return Some(RestoreOutcome::Failed(
                         self.state.failure.clone().unwrap_or_default(),
                     ));
@@ -279,6 +304,7 @@ impl Coordinator {
             match self.step() {
                 Ok(()) => self.state.errors = 0,
                 Err(err) => {
+                    metrics.increase("myhoard.restore_errors", &[("phase", &phase_name(phase))]);
                     let permanent = is_permanent(&err);
                     self.state.errors += 1;
                     let message = format!("{err:#}");
@@ -293,6 +319,7 @@ impl Coordinator {
                         };
                         self.save();
                         if self.state.phase == Phase::FailedBasebackup {
+                            metrics.increase("myhoard.basebackup_broken", &[]);
                             self.mark_broken_if_configured();
                         }
                         continue;
@@ -306,6 +333,7 @@ impl Coordinator {
                             self.state.failure = Some(message);
                             self.state.phase = Phase::FailedBasebackup;
                             self.save();
+                            metrics.increase("myhoard.basebackup_broken", &[]);
                             self.mark_broken_if_configured();
                             continue;
                         }
@@ -368,6 +396,19 @@ impl Coordinator {
         self.state.phase = phase;
         self.state.failure = None;
         self.save();
+        self.send_pending_binlogs();
+    }
+
+    /// `myhoard.restore.pending_binlogs`: binlogs planned and not yet handed to the applier.
+    fn send_pending_binlogs(&self) {
+        let pending = self
+            .state
+            .binlogs
+            .len()
+            .saturating_sub(self.state.binlogs_restored + self.state.applying);
+        self.ctx
+            .metrics
+            .gauge("myhoard.restore.pending_binlogs", pending, &[]);
     }
 
     fn site(&self) -> anyhow::Result<&crate::controller::SiteHandle> {
@@ -509,7 +550,21 @@ impl Coordinator {
             .parse()
             .map_err(|e| anyhow!(Permanent(format!("snapshot compression: {e}"))))?;
         let status = Arc::clone(&self.status);
+        let metrics = self.ctx.metrics.clone();
+        let restore_started = Instant::now();
         let progress = move |progress: &basebackup::RestoreProgress| {
+            metrics.gauge(
+                "myhoard.restore.basebackup_bytes_downloaded",
+                progress.downloaded_bytes,
+                &[],
+            );
+            if let Some(percent) = progress.prepare_percent {
+                metrics.gauge(
+                    "myhoard.basebackup_restore.xtrabackup_prepare_progress",
+                    percent,
+                    &[],
+                );
+            }
             if let Ok(mut status) = status.lock() {
                 status.basebackup_compressed_bytes_downloaded = progress.downloaded_bytes;
                 status.basebackup_prepare_progress = progress.prepare_percent;
@@ -546,6 +601,11 @@ impl Coordinator {
         log::info!(
             "snapshot restored into {}: {restored:?}",
             config.mysql.data_directory.display()
+        );
+        self.ctx.metrics.gauge(
+            "myhoard.basebackup_restore.total_time",
+            restore_started.elapsed().as_secs_f64(),
+            &[],
         );
         self.state.basebackup_compressed_bytes_downloaded = info.compressed_size;
         self.state.basebackup_prepare_progress = Some(100.0);
@@ -764,6 +824,9 @@ impl Coordinator {
             self.state.target_reached = true;
         }
         if batch.is_empty() {
+            self.ctx
+                .metrics
+                .increase_by("myhoard.restore.binlogs_restored", consumed, &[]);
             self.state.binlogs_restored += consumed;
             if reached {
                 self.drop_unneeded_binlogs();
@@ -833,16 +896,29 @@ impl Coordinator {
             Progress::Running { restarted, .. } => {
                 if restarted {
                     log::warn!("the SQL thread was not running; started it again");
+                    self.ctx.metrics.increase(
+                        "myhoard.unexpected_sql_thread_starts",
+                        &[("sql.errno", "0")],
+                    );
                 }
                 self.save();
                 Ok(())
             }
             Progress::Failed { errno, message } => {
                 // apply_batch with the same batch starts the SQL thread again.
+                self.ctx.metrics.increase(
+                    "myhoard.unexpected_sql_thread_starts",
+                    &[("sql.errno", &errno.to_string())],
+                );
                 self.set_phase(Phase::ApplyingBinlogs);
                 bail!("the applier stopped with error {errno}: {message}")
             }
             Progress::Done => {
+                self.ctx.metrics.increase_by(
+                    "myhoard.restore.binlogs_restored",
+                    self.state.applying,
+                    &[],
+                );
                 self.state.binlogs_restored += self.state.applying;
                 self.state.applying = 0;
                 self.state.batch.clear();
@@ -926,6 +1002,21 @@ fn binlogs_needed(
         needed.push(binlog);
     }
     needed
+}
+
+fn is_terminal(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Completed | Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup
+    )
+}
+
+/// A phase as `GET /status/restore` names it (`failed_basebackup`), for metric tags.
+fn phase_name(phase: Phase) -> String {
+    match serde_json::to_value(phase) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{phase:?}"),
+    }
 }
 
 fn is_permanent(err: &anyhow::Error) -> bool {

@@ -10,10 +10,12 @@
 mod backup_daemon;
 mod basebackup;
 mod binlog_truth;
+mod daemon_ops;
 mod db_client;
 mod db_servers;
 mod failover;
 mod harness;
+mod metrics;
 mod mode_transitions;
 mod purge_daemon;
 mod restore_apply;

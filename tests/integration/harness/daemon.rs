@@ -77,11 +77,18 @@ pub struct Daemon {
     log: PathBuf,
     process: Option<ServerProcess>,
     agent: ureq::Agent,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Writes `config` (its `http_port` decides the port) into `dir` and starts the daemon.
     pub fn start(dir: &Path, config: &Value) -> Daemon {
+        Daemon::start_with_env(dir, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &Value, env: &[(&str, &str)]) -> Daemon {
         let config_path = dir.join("myhoard.json");
         fs::write(
             &config_path,
@@ -102,6 +109,10 @@ impl Daemon {
             log: dir.join("myhoard.log"),
             process: None,
             agent,
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         daemon.start_again();
         daemon
@@ -116,6 +127,18 @@ impl Daemon {
         &self.dir
     }
 
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .map(ServerProcess::pid)
+            .expect("a running daemon")
+    }
+
     /// Starts the process again (after [`Daemon::kill9`] or [`Daemon::stop`]).
     pub fn start_again(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_myhoard"));
@@ -126,7 +149,8 @@ impl Daemon {
             .env(
                 "RUST_LOG",
                 std::env::var("MYHOARD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            );
+            )
+            .envs(self.env.iter().map(|(name, value)| (name, value)));
         let mut process =
             ServerProcess::spawn("myhoard", command, &self.log).expect("starting myhoard");
         if let Err(err) = wait_for_port(self.port, Duration::from_secs(30), &mut process) {

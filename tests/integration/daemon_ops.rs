@@ -1,0 +1,210 @@
+//! The daemon as a service manager sees it: `sd_notify` messages on a test `NOTIFY_SOCKET`,
+//! journald priority prefixes under `JOURNAL_STREAM`, SIGHUP reloads (a valid changed config
+//! applied once no snapshot is being taken, an invalid one refused with the daemon running on),
+//! and no secret of the config anywhere in its log.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::daemon::{self, Daemon};
+use crate::harness::db::{DbServer, Flavor};
+use crate::harness::myhoard::shared_key_pair;
+use crate::restore_daemon::{db_options, load_phase};
+
+const SIGHUP: i32 = 1;
+
+/// The `sd_notify` datagrams received so far, in order.
+struct NotifySocket {
+    socket: UnixDatagram,
+    received: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(path: &std::path::Path) -> NotifySocket {
+        let socket = UnixDatagram::bind(path).expect("binding the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("a read timeout");
+        NotifySocket {
+            socket,
+            received: Vec::new(),
+        }
+    }
+
+    /// Waits until `message` arrives (after those already seen), failing after `timeout`.
+    fn wait_for(&mut self, message: &str, timeout: Duration) {
+        let seen = self.received.len();
+        let deadline = Instant::now() + timeout;
+        let mut buffer = [0u8; 4096];
+        loop {
+            if self.received[seen..].iter().any(|m| m == message) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} within {timeout:?}; received {:?}",
+                self.received
+            );
+            if let Ok(n) = self.socket.recv(&mut buffer) {
+                self.received
+                    .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            }
+        }
+    }
+}
+
+fn write_config(daemon: &Daemon, config: &Value) {
+    std::fs::write(
+        daemon.config_path(),
+        serde_json::to_vec_pretty(config).expect("serializing"),
+    )
+    .expect("writing the config");
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|line| line.contains(needle)).count()
+}
+
+#[test]
+fn notifications_reload_journald_priorities_and_no_secrets() {
+    let flavor = Flavor::MariaDb;
+    let Some(db) = DbServer::start(flavor, db_options(flavor, 1)) else {
+        return;
+    };
+    load_phase(&db, 2, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let keys = shared_key_pair();
+    let site = daemon::local_site(&storage, &keys, "zstd");
+    let mut config = daemon::config_for(&db, dir.path(), site, Daemon::pick_port());
+    let notify_path = dir.path().join("notify.sock");
+    let mut notify = NotifySocket::bind(&notify_path);
+    let notify_env = notify_path.display().to_string();
+    let mut daemon = Daemon::start_with_env(
+        dir.path(),
+        &config,
+        &[
+            ("NOTIFY_SOCKET", &notify_env),
+            ("JOURNAL_STREAM", "8:12345"),
+        ],
+    );
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    notify.wait_for("STATUS=mode idle", Duration::from_secs(10));
+
+    // A reload asked for while the snapshot is taken waits for it: the snapshot is not
+    // thrown away and taken again.
+    let (status, body) = daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    daemon.wait_for("a snapshot in progress", Duration::from_secs(60), |d| {
+        let (_, status) = d.get("/status");
+        status["basebackups_in_progress"].is_array().then_some(())
+    });
+    config["backup_settings"]["forced_binlog_rotation_interval"] = 1.into();
+    write_config(&daemon, &config);
+    daemon::send_signal(daemon.pid(), SIGHUP);
+    notify.wait_for("RELOADING=1", Duration::from_secs(300));
+    notify.wait_for("READY=1", Duration::from_secs(60));
+    let log = daemon.log_text();
+    assert_eq!(
+        count(&log, "taking the snapshot of stream"),
+        1,
+        "the reload did not wait for the snapshot:\n{log}"
+    );
+    assert!(
+        log.contains("configuration changed (backup_settings.forced_binlog_rotation_interval)"),
+        "{log}"
+    );
+    daemon.wait_completed_backup(Duration::from_secs(120));
+    assert_eq!(daemon.mode(), "active");
+
+    // The new setting is in effect: a write is rotated out and uploaded within seconds without
+    // being asked (with the old hour-long interval it would not be), and without writes there
+    // is no rotation at all.
+    std::thread::sleep(Duration::from_secs(3));
+    let rotations = count(&daemon.log_text(), "forcing a binlog rotation");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&daemon.log_text(), "forcing a binlog rotation"),
+        rotations,
+        "rotations without writes"
+    );
+    db.sql("CREATE DATABASE after_reload; CREATE TABLE after_reload.t (id INT PRIMARY KEY); INSERT INTO after_reload.t VALUES (1)");
+    daemon.wait_for("a forced rotation", Duration::from_secs(60), |d| {
+        (count(&d.log_text(), "forcing a binlog rotation") > rotations).then_some(())
+    });
+
+    // An invalid config is refused; the daemon runs on with the old one.
+    let mut invalid = config.clone();
+    invalid["backup_settings"]["forced_binlog_rotation_interval"] = "soon".into();
+    invalid["no_such_key"] = 1.into();
+    write_config(&daemon, &invalid);
+    let n_reloads = count(&daemon.log_text(), "RELOADING");
+    daemon::send_signal(daemon.pid(), SIGHUP);
+    daemon.wait_for("the refusal", Duration::from_secs(30), |d| {
+        d.log_text()
+            .contains("is not a valid configuration")
+            .then_some(())
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("no_such_key"),
+        "every problem is logged:\n{log}"
+    );
+    assert!(
+        log.contains("forced_binlog_rotation_interval"),
+        "every problem is logged:\n{log}"
+    );
+    assert_eq!(count(&log, "RELOADING"), n_reloads);
+    assert_eq!(daemon.mode(), "active");
+    daemon.rotate_and_wait();
+    write_config(&daemon, &config);
+
+    // Stopping.
+    assert!(
+        daemon.stop(),
+        "myhoard did not exit 0\n{}",
+        daemon.log_tail()
+    );
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
+
+    // Under journald every line starts with its syslog priority, and there is no second
+    // timestamp (journald adds its own).
+    let log = daemon.log_text();
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let priority = line.get(..3).unwrap_or_default();
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&priority),
+            "no priority prefix: {line}"
+        );
+        assert!(
+            !line[3..].starts_with("20") && !line[3..].starts_with('['),
+            "a timestamp under journald: {line}"
+        );
+    }
+    let with = |priority: &str, text: &str| {
+        lines
+            .iter()
+            .any(|line| line.starts_with(priority) && line.contains(text))
+    };
+    assert!(with("<3>", "is not a valid configuration"), "{log}");
+    assert!(with("<6>", "uploaded"), "{log}");
+
+    // No secret of the config in the log.
+    let password = crate::harness::db::PASSWORD.to_owned();
+    let private_key = keys.private_pem.clone();
+    let key_body: Vec<&str> = private_key
+        .lines()
+        .filter(|line| !line.starts_with("-----") && line.len() > 20)
+        .collect();
+    assert!(!key_body.is_empty());
+    for secret in key_body.iter().copied().chain([password.as_str()]) {
+        if secret.len() >= 6 {
+            assert!(!log.contains(secret), "a secret in the log: {secret}");
+        }
+    }
+    assert!(!log.contains("PRIVATE KEY"), "a private key in the log");
+}
