@@ -767,7 +767,7 @@ pub struct Config {
     pub mysql: MysqlSettings,
     pub optimize_tables_before_backup: bool,
     pub restore: RestoreSettings,
-    /// Accepted for compatibility; Sentry reporting is not implemented (a warning says so).
+    /// Where errors and panics are reported (`crate::error_reporting`).
     pub sentry_dsn: Option<Secret<String>>,
     /// MySQL's `server_id`; it is part of binlog object names and promotion markers.
     pub server_id: u32,
@@ -1167,15 +1167,6 @@ fn validate(raw: RawConfig, mut report: Report) -> Result<Config, ConfigErrors> 
     };
     if raw.restore_max_binlog_bytes == 0 {
         report.error("restore_max_binlog_bytes", "must be greater than 0");
-    }
-
-    if raw.sentry_dsn.is_some() {
-        // Upstream keys that the port accepts but does not act on go here, so that a config
-        // written for Python MyHoard loads and the operator learns what is ignored.
-        report.warn(
-            "sentry_dsn",
-            "Sentry reporting is not implemented: the DSN is ignored",
-        );
     }
 
     let server_id = narrow(

@@ -183,6 +183,8 @@ fn run_once(
     signals: &mut signal_hook::iterator::Signals,
     commands: CommandChannels<'_>,
 ) -> anyhow::Result<Exit> {
+    // Before any thread starts, so that each reports to this config's Sentry project.
+    let _reporting = crate::error_reporting::init(&config);
     if !config.state_directory.is_dir() {
         bail!(
             "state_directory {} does not exist",

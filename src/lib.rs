@@ -68,6 +68,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod db;
+pub mod error_reporting;
 pub mod gtid;
 pub mod http;
 pub mod logging;

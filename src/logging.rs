@@ -5,6 +5,9 @@
 //! warning` filters correctly, and carries no timestamp of its own (journald adds one).
 //! Elsewhere the line is MyHoard's `time<TAB>thread<TAB>module<TAB>level<TAB>message`.
 //!
+//! Every record also passes through Sentry's log integration: with `sentry_dsn` set, errors
+//! become Sentry events (see [`crate::error_reporting`]).
+//!
 //! The level comes from `RUST_LOG` when set, else `--log-level` (MyHoard's names: ERROR,
 //! WARNING, INFO, DEBUG), else `info` for the daemon and `warn` for the other commands.
 
@@ -44,7 +47,14 @@ pub fn init(daemon: bool, level_argument: Option<&str>) {
             )
         }
     });
-    let _ = builder.try_init();
+    let logger = builder.build();
+    let max_level = logger.filter();
+    // Errors also go to Sentry (as events; lower levels as breadcrumbs) once
+    // `crate::error_reporting` has bound a client; without one this adds nothing.
+    let logger = sentry::integrations::log::SentryLogger::with_dest(logger);
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max_level);
+    }
 }
 
 /// One event, one line: a message of several lines (a config's list of problems, say) has

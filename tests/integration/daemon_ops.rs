@@ -79,6 +79,9 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
     let keys = shared_key_pair();
     let site = daemon::local_site(&storage, &keys, "zstd");
     let mut config = daemon::config_for(&db, dir.path(), site, Daemon::pick_port());
+    let sentry = FakeSentry::start();
+    config["sentry_dsn"] = sentry.dsn().into();
+    config["statsd"]["tags"] = json!({"app": "myhoard-test"});
     let notify_path = dir.path().join("notify.sock");
     let mut notify = NotifySocket::bind(&notify_path);
     let notify_env = notify_path.display().to_string();
@@ -157,6 +160,9 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
         "every problem is logged:\n{log}"
     );
     assert_eq!(count(&log, "RELOADING"), n_reloads);
+    // The error went to Sentry too, with the statsd tags.
+    let event = sentry.wait_for("is not a valid configuration", Duration::from_secs(30));
+    assert!(event.contains("myhoard-test"), "no statsd tag in {event}");
     assert_eq!(daemon.mode(), "active");
     daemon.rotate_and_wait();
     write_config(&daemon, &config);
@@ -207,4 +213,57 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
         }
     }
     assert!(!log.contains("PRIVATE KEY"), "a private key in the log");
+    assert!(!log.contains(&sentry.dsn()), "the Sentry DSN in the log");
+}
+
+/// A Sentry endpoint on loopback that keeps the bodies it is sent.
+struct FakeSentry {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeSentry {
+    fn start() -> FakeSentry {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("a fake Sentry server");
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|address| address.port())
+            .expect("a TCP address");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let received = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for mut request in server.incoming_requests() {
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+                if let Ok(mut bodies) = received.lock() {
+                    bodies.push(String::from_utf8_lossy(&body).into_owned());
+                }
+                let _ = request.respond(tiny_http::Response::from_string("{}"));
+            }
+        });
+        FakeSentry { port, bodies }
+    }
+
+    fn dsn(&self) -> String {
+        format!("http://0123456789abcdef@127.0.0.1:{}/42", self.port)
+    }
+
+    /// The first body received that contains `text`.
+    fn wait_for(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(bodies) = self.bodies.lock()
+                && let Some(body) = bodies.iter().find(|body| body.contains(text))
+            {
+                return body.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Sentry received no event with {text:?}: {:?}",
+                self.bodies.lock().map(|b| b.len())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
