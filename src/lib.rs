@@ -37,8 +37,15 @@
 //!   streamed into storage, and their restore), [`backup_stream`] (MyHoard's storage layout and
 //!   the uploader pool), [`binlog_scanner`] (the binlog watcher);
 //! - restore: [`restore`] (the coordinator's phases and the relay-log applier);
-//! - the daemon: [`controller`] (modes, streams, the tick), [`http`] (the API), [`daemon`]
-//!   (wiring and signals), [`logging`], and the operator commands in [`cli`].
+//! - the daemon: [`controller`] (modes, streams, the tick; observe mode following other
+//!   servers' streams, promotion taking a stream over, binlog purge rounds), [`http`] (the
+//!   API), [`daemon`] (wiring, signals, reload on SIGHUP), [`logging`], [`metrics`] (statsd),
+//!   [`error_reporting`] (Sentry), and the operator commands in [`cli`].
+//!
+//! Failover: a promoted server writes `promotions/<server_id>` into each stream it takes over
+//! before it uploads anything there, and every reader (restores, standbys) keeps, per binlog
+//! index, only the upload of the server the promotion records give that index to; so what a
+//! deposed master still uploads is never used.
 //!
 //! Crash safety: every state change is written (atomically) before it is acted on, and every
 //! object key is fixed before its upload starts, so a restart redoes at most the work in
@@ -54,7 +61,9 @@
 //!   object's integrity check passed.
 //! - Only transient storage failures are retried; permission and not-found errors never are.
 //! - Pure policy modules (config validation, retry backoff, GTID arithmetic, schedules,
-//!   retention) do no I/O and are tested with tables of cases.
+//!   retention, purge) do no I/O and are tested with tables of cases.
+//! - A local binlog is purged only when every backup stream has it stored and every server in
+//!   the replication state has executed it.
 //! - Every difference between MariaDB and MySQL versions lives in [`db::Flavor`]; nothing else
 //!   branches on a server version.
 //! - Each error is logged once, where it is handled; lower layers return typed errors.

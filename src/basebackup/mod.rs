@@ -3,7 +3,7 @@
 //!
 //! Taking one ([`take_snapshot`]) runs the snapshot tool [`choose_snapshot_tool`] picks for
 //! the server and streams its output, never staged on local disk, through the
-//! [`pipeline`](crate::pipeline) (our compression and rohmu encryption) into objects named as
+//! [`crate::pipeline`] (our compression and rohmu encryption) into objects named as
 //! MyHoard names them (`<site>/<stream_id>/basebackup.xbstream`, `.002`, ...; see [`split_key`]):
 //!
 //! - MariaDB: `mariabackup --backup --stream=xbstream`;

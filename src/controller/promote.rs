@@ -394,6 +394,16 @@ impl Controller {
     pub(super) fn missing_applied(&mut self, result: Result<usize, String>) {
         self.promoting = false;
         match result {
+            Ok(0) => {
+                // What the server lacks is in no stored binlog (it is older than the
+                // snapshot): only replication or force can settle it.
+                log::error!(
+                    "promotion: the transactions this server lacks are in no stored binlog; \
+                     retrying in {RETRY_INTERVAL:?} (PUT /status {{\"mode\": \"active\", \
+                     \"force\": true}} accepts their loss)"
+                );
+                self.promote_retry_at = Some(std::time::Instant::now() + RETRY_INTERVAL);
+            }
             Ok(n_files) => {
                 log::info!("promotion: applied {n_files} stored binlogs; taking over again");
                 self.promote_retry_at = None;
