@@ -58,6 +58,9 @@ impl Controller {
         }
         let mode = match self.state.mode {
             Mode::Active => PurgeMode::Active,
+            // Until the streams were looked at, "no streams" would be a guess, and with
+            // `purge_when_observe_no_streams` a guess that deletes binlogs no backup has.
+            Mode::Observe if self.observed.is_none() => return,
             Mode::Observe => PurgeMode::Observe,
             Mode::Restore => PurgeMode::Restore,
             Mode::Idle | Mode::Promote => return,
