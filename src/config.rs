@@ -2746,11 +2746,10 @@ RQIDAQAB
                 vec![("xtrabackup.copy_threads", s(json!(4)))],
                 Valid,
             ),
-            // accepted, not implemented
             (
                 "sentry_dsn set",
                 vec![("sentry_dsn", s(json!("https://key@sentry.example/1")))],
-                Warning("sentry_dsn"),
+                Valid,
             ),
             (
                 "sentry_dsn omitted",
