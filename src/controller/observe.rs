@@ -34,6 +34,22 @@ pub struct ObservedStream {
 }
 
 impl ObservedStream {
+    /// The stream of `backup`, whose snapshot is `info`, with its valid remote `binlogs`.
+    pub fn new(backup: &BackupEntry, info: &BasebackupInfo, binlogs: Vec<BinlogInfo>) -> Self {
+        let mut remote_gtids = info.gtid_executed.clone();
+        for binlog in &binlogs {
+            remote_gtids.union_with(&binlog.gtids());
+        }
+        ObservedStream {
+            site: backup.site.clone(),
+            stream_id: backup.stream_id.clone(),
+            basebackup_info: info.clone(),
+            completed: backup.completed_at.is_some(),
+            binlogs,
+            remote_gtids,
+        }
+    }
+
     /// The remote index the next binlog of this stream gets.
     pub fn next_index(&self) -> u64 {
         self.binlogs
@@ -66,18 +82,7 @@ pub fn observe_streams(
         let prefix = layout::stream_prefix(&backup.site, &backup.stream_id);
         let binlogs = remote::valid_remote_binlogs(site.storage.as_ref(), &prefix)
             .map_err(|err| err.context(format!("listing the binlogs of {}", backup.stream_id)))?;
-        let mut remote_gtids = info.gtid_executed.clone();
-        for binlog in &binlogs {
-            remote_gtids.union_with(&binlog.gtids());
-        }
-        observed.push(ObservedStream {
-            site: backup.site.clone(),
-            stream_id: backup.stream_id.clone(),
-            basebackup_info: info.clone(),
-            completed: backup.completed_at.is_some(),
-            binlogs,
-            remote_gtids,
-        });
+        observed.push(ObservedStream::new(backup, info, binlogs));
     }
     Ok(observed)
 }

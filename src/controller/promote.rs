@@ -246,30 +246,20 @@ pub fn take_over(
             "stream {}: binlogs from index {second_look} on are ours",
             backup.stream_id
         );
-        let mut remote_gtids = info.gtid_executed.clone();
-        for binlog in &binlogs {
-            remote_gtids.union_with(&binlog.gtids());
-        }
+        let stream = ObservedStream::new(backup, info, binlogs);
         if !force {
             let executed = client.executed_gtids()?.to_gtid_set();
-            let missing = remote_gtids.difference(&executed);
+            let missing = stream.remote_gtids.difference(&executed);
             if !missing.is_empty() {
                 return Ok(Takeover::Missing {
-                    stream_id: backup.stream_id.clone(),
+                    stream_id: stream.stream_id,
                     missing,
-                    site: backup.site.clone(),
-                    binlogs,
+                    site: stream.site,
+                    binlogs: stream.binlogs,
                 });
             }
         }
-        taken.push(ObservedStream {
-            site: backup.site.clone(),
-            stream_id: backup.stream_id.clone(),
-            basebackup_info: info.clone(),
-            completed: backup.completed_at.is_some(),
-            binlogs,
-            remote_gtids,
-        });
+        taken.push(stream);
     }
     Ok(Takeover::Ready(taken))
 }

@@ -12,21 +12,12 @@ use crate::backup_daemon::{stored_objects, stream_binlogs};
 use crate::harness::daemon::{self, Daemon};
 use crate::harness::db::{DbOptions, DbServer, Flavor};
 use crate::harness::myhoard::shared_key_pair;
+use crate::restore_daemon::db_options;
 use myhoard::backup_stream::layout::BasebackupInfo;
 use myhoard::gtid::GtidSet;
 
 /// The name the replica has in the replication state.
 const REPLICA: &str = "replica";
-
-fn db_options(flavor: Flavor, server_id: u32) -> DbOptions {
-    let mut options = DbOptions::server_id(server_id);
-    if flavor == Flavor::MySql {
-        options
-            .extra_cnf
-            .push("plugin-load-add=mysql_clone.so".to_owned());
-    }
-    options
-}
 
 fn executed(db: &DbServer) -> GtidSet {
     let flavor = myhoard::db::Flavor::parse(db.version()).expect("flavor");

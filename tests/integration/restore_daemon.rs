@@ -340,6 +340,18 @@ fn relay_dir_bytes(db: &DbServer) -> u64 {
         .unwrap_or(0)
 }
 
+/// The source's backup stream id and the sizes of the binlogs stored in it.
+fn stored_binlog_sizes(source: &Source) -> (String, Vec<u64>) {
+    let stream_id = source.backup["stream_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let objects = crate::backup_daemon::stored_objects(&source.daemon.dir().join("myhoard.json"));
+    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
+    let sizes = binlogs.values().map(|(_, b)| b.file_size).collect();
+    (stream_id, sizes)
+}
+
 /// A restore under `kill -9` of the daemon in each phase it can be caught in, with a disk
 /// budget a fraction of the binlogs' total, sampled all along: it resumes every time, never
 /// holds more than the budget, and ends with exactly the source's data.
@@ -349,18 +361,9 @@ fn mariadb_restore_survives_kill9_in_each_phase_within_budget() {
     let Some(source) = backed_up_source(flavor, "kill9-restore") else {
         return;
     };
-    let stream_id = source.backup["stream_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let objects = crate::backup_daemon::stored_objects(&source.daemon.dir().join("myhoard.json"));
-    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
-    let total: u64 = binlogs.values().map(|(_, b)| b.file_size).sum();
-    let largest = binlogs
-        .values()
-        .map(|(_, b)| b.file_size)
-        .max()
-        .unwrap_or(0);
+    let (stream_id, sizes) = stored_binlog_sizes(&source);
+    let total: u64 = sizes.iter().sum();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
     let budget = largest.max(total / 5);
     assert!(
         total >= 2 * budget,
@@ -516,17 +519,8 @@ fn forced_restore_promotes(flavor: Flavor, target_server_id: u32) {
     let Some(source) = backed_up_source(flavor, "force") else {
         return;
     };
-    let stream_id = source.backup["stream_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let objects = crate::backup_daemon::stored_objects(&source.daemon.dir().join("myhoard.json"));
-    let binlogs = crate::backup_daemon::stream_binlogs(&objects, &stream_id);
-    let largest = binlogs
-        .values()
-        .map(|(_, b)| b.file_size)
-        .max()
-        .unwrap_or(0);
+    let (stream_id, sizes) = stored_binlog_sizes(&source);
+    let largest = sizes.iter().copied().max().unwrap_or(0);
     drop(source.daemon);
     // One binlog per batch: plenty of moments that are "waiting for apply".
     let mut target = restore_target(flavor, &source.site, target_server_id, |config| {
