@@ -41,7 +41,7 @@ use crate::basebackup::{self, RestoreSnapshotJob};
 use crate::controller::Context;
 use crate::controller::state::RestoreOptions;
 use crate::db::{Client, Flavor};
-use crate::gtid::Gtid;
+use crate::gtid::{Gtid, GtidSet};
 use crate::mysqld::{self, ServerOptions};
 use crate::pipeline::{self, compress::Algorithm};
 use crate::state as state_files;
@@ -93,6 +93,15 @@ pub struct RestoreState {
     pub errors: u32,
     pub failure: Option<String>,
     pub file_fail_counters: BTreeMap<u64, u32>,
+    /// A restore to the latest transaction of the newest backup also replays the backups
+    /// completed after it started (MyHoard's `_extend_binlog_stream_list`): decided once, when
+    /// the backup info is read.
+    #[serde(default)]
+    pub follows_newer_backups: bool,
+    /// The newer backups' streams whose binlogs follow the restored one's, oldest first. Once a
+    /// stream follows, the ones before it take no new binlogs: the newer stream holds them.
+    #[serde(default)]
+    pub followed_streams: Vec<String>,
 }
 
 /// One file of the batch being applied.
@@ -209,6 +218,8 @@ pub fn start(ctx: Arc<Context>, options: RestoreOptions) -> anyhow::Result<Resto
             errors: 0,
             failure: None,
             file_fail_counters: BTreeMap::new(),
+            follows_newer_backups: false,
+            followed_streams: Vec::new(),
         },
     };
     let status = Arc::new(Mutex::new(state.clone()));
@@ -479,8 +490,101 @@ impl Coordinator {
         }
         self.state.basebackup_compressed_bytes_total = info.compressed_size;
         self.state.basebackup_info = Some(info);
+        if matches!(self.target()?, RestoreTarget::Latest) {
+            let backups = self.completed_backups()?;
+            // Only a restore of the newest backup follows newer ones: one of an older backup
+            // to its latest transaction means the end of that backup's stream.
+            self.state.follows_newer_backups = backups
+                .last()
+                .is_some_and(|newest| newest.stream_id == self.state.options.stream_id);
+        }
         self.set_phase(Phase::InitiatingBinlogDownloads);
         Ok(())
+    }
+
+    /// The site's completed, unbroken backups, oldest completion first.
+    fn completed_backups(&self) -> anyhow::Result<Vec<remote::BackupEntry>> {
+        let site = self.site()?;
+        let mut backups: Vec<remote::BackupEntry> = remote::list_site_backups(
+            site.storage.as_ref(),
+            &self.state.options.site,
+            false,
+            &mut BTreeMap::new(),
+        )?
+        .into_iter()
+        .filter(|b| b.completed_at.is_some() && b.broken_at.is_none())
+        .collect();
+        backups.sort_by(|a, b| {
+            let at = |entry: &remote::BackupEntry| entry.completed_at.unwrap_or_default();
+            at(a).total_cmp(&at(b))
+        });
+        Ok(backups)
+    }
+
+    /// The stream whose binlogs are being listed: the restored backup's, or the newest
+    /// followed one's.
+    fn current_stream_id(&self) -> &str {
+        self.state
+            .followed_streams
+            .last()
+            .unwrap_or(&self.state.options.stream_id)
+    }
+
+    /// Everything the planned binlogs and the snapshot hold.
+    fn planned_gtids(&self) -> GtidSet {
+        let mut gtids = self
+            .state
+            .basebackup_info
+            .as_ref()
+            .map(|info| info.gtid_executed.clone())
+            .unwrap_or_default();
+        for binlog in &self.state.binlogs {
+            gtids.union_with(&binlog.gtids());
+        }
+        gtids
+    }
+
+    /// Takes the next backup completed after the current stream's, if its snapshot lies within
+    /// what is planned (so its binlogs continue ours without a gap). Returns whether one was
+    /// taken.
+    fn follow_newer_backup(&mut self) -> anyhow::Result<bool> {
+        let backups = self.completed_backups()?;
+        let current = self.current_stream_id().to_owned();
+        let Some(current_completed) = backups
+            .iter()
+            .find(|b| b.stream_id == current)
+            .and_then(|b| b.completed_at)
+        else {
+            // The current backup is gone from the listing (retention): nothing to order by.
+            return Ok(false);
+        };
+        let Some(next) = backups.into_iter().find(|b| {
+            b.completed_at.is_some_and(|at| at > current_completed)
+                && b.stream_id != self.state.options.stream_id
+                && !self.state.followed_streams.contains(&b.stream_id)
+        }) else {
+            return Ok(false);
+        };
+        let Some(next_info) = next.basebackup_info.as_ref() else {
+            return Ok(false);
+        };
+        let planned = self.planned_gtids();
+        if !planned.contains(&next_info.gtid_executed) {
+            log::warn!(
+                "backup {} completed after {current}, but its snapshot holds transactions the \
+                 stored binlogs do not reach ({}): the restore ends where they do",
+                next.stream_id,
+                next_info.gtid_executed.difference(&planned)
+            );
+            return Ok(false);
+        }
+        log::info!(
+            "backup {} completed after {current}: its binlogs continue the restore",
+            next.stream_id
+        );
+        self.state.followed_streams.push(next.stream_id);
+        self.save();
+        Ok(true)
     }
 
     fn target(&self) -> anyhow::Result<RestoreTarget> {
@@ -498,8 +602,8 @@ impl Coordinator {
         })
     }
 
-    /// Lists the stream's binlogs from the snapshot on and keeps those the target needs.
-    /// Binlogs already applied stay as they are; only new ones are appended.
+    /// Lists the current stream's binlogs and appends those the target needs that are not
+    /// planned yet. Planned binlogs stay as they are.
     fn refresh_binlogs(&mut self) -> anyhow::Result<()> {
         let info = self
             .state
@@ -508,17 +612,21 @@ impl Coordinator {
             .context("no snapshot info")?;
         let site = self.site()?;
         let storage = Arc::clone(&site.storage);
-        let all = remote::valid_remote_binlogs(storage.as_ref(), &self.stream_prefix())?;
-        let target = self.target()?;
-        let needed = binlogs_needed(all, &info, &target);
-        let known = self.state.binlogs.len();
-        if needed.len() > known {
+        let prefix = layout::stream_prefix(&self.state.options.site, self.current_stream_id());
+        let all = remote::valid_remote_binlogs(storage.as_ref(), &prefix)?;
+        let new: Vec<BinlogInfo> = if self.state.followed_streams.is_empty() {
+            let needed = binlogs_needed(all, &info, &self.target()?);
+            needed.into_iter().skip(self.state.binlogs.len()).collect()
+        } else {
+            continuing_binlogs(all, &self.state.binlogs, self.planned_gtids())
+        };
+        if !new.is_empty() {
             log::info!(
                 "{} binlogs to replay ({} new)",
-                needed.len(),
-                needed.len() - known
+                self.state.binlogs.len() + new.len(),
+                new.len()
             );
-            self.state.binlogs.extend(needed.into_iter().skip(known));
+            self.state.binlogs.extend(new);
             self.save();
         }
         Ok(())
@@ -727,9 +835,8 @@ impl Coordinator {
         let downloads = self.downloads()?;
         downloads.collect_results()?;
         let mut used = applying_bytes + downloads.bytes_held();
-        for binlog in &wanted {
-            let index = binlog.remote_index.unwrap_or(0);
-            if downloads.is_known(index) {
+        for (slot, binlog) in (first..).zip(&wanted) {
+            if downloads.is_known(slot) {
                 continue;
             }
             // At least one file is always allowed, as in MyHoard.
@@ -737,11 +844,11 @@ impl Coordinator {
                 break;
             }
             used += binlog.file_size;
-            downloads.queue(binlog.clone())?;
+            downloads.queue(slot, binlog.clone())?;
         }
         let mut ready = Vec::new();
-        for binlog in wanted {
-            match downloads.ready_path(binlog.remote_index.unwrap_or(0)) {
+        for (slot, binlog) in (first..).zip(wanted) {
+            match downloads.ready_path(slot) {
                 Some(path) => ready.push((binlog, path)),
                 None => break,
             }
@@ -757,7 +864,15 @@ impl Coordinator {
         }
         if self.state.binlogs_restored >= self.state.binlogs.len() {
             if !self.state.target_reached && self.state.options.target_time.is_none() {
+                // Uploads that arrived while the planned ones were applied, and then those of
+                // backups completed since.
                 self.refresh_binlogs()?;
+                while self.state.binlogs_restored >= self.state.binlogs.len()
+                    && self.state.follows_newer_backups
+                    && self.follow_newer_backup()?
+                {
+                    self.refresh_binlogs()?;
+                }
             }
             if self.state.binlogs_restored >= self.state.binlogs.len() {
                 self.set_phase(Phase::Finalizing);
@@ -816,9 +931,10 @@ impl Coordinator {
             }
         }
         let reached = planner.is_reached();
+        let first_slot = self.state.binlogs_restored;
         let downloads = self.downloads()?;
-        for (binlog, _) in ready.iter().take(consumed) {
-            downloads.handed_over(binlog.remote_index.unwrap_or(0));
+        for slot in first_slot..first_slot + consumed {
+            downloads.handed_over(slot);
         }
         if reached {
             self.state.target_reached = true;
@@ -967,6 +1083,37 @@ impl Coordinator {
     }
 }
 
+/// A followed stream's binlogs that continue the planned ones: those not planned yet (by
+/// object key) that hold a transaction nothing planned holds. The newer stream's first binlogs
+/// repeat the previous stream's last ones, which the previous stream's objects already cover.
+fn continuing_binlogs(
+    stream: Vec<BinlogInfo>,
+    planned: &[BinlogInfo],
+    mut planned_gtids: GtidSet,
+) -> Vec<BinlogInfo> {
+    let planned_keys: std::collections::BTreeSet<&str> = planned
+        .iter()
+        .filter_map(|b| b.remote_key.as_deref())
+        .collect();
+    let mut new = Vec::new();
+    for binlog in stream {
+        if binlog
+            .remote_key
+            .as_deref()
+            .is_some_and(|key| planned_keys.contains(key))
+        {
+            continue;
+        }
+        let gtids = binlog.gtids();
+        if planned_gtids.contains(&gtids) {
+            continue;
+        }
+        planned_gtids.union_with(&gtids);
+        new.push(binlog);
+    }
+    new
+}
+
 /// The binlogs a restore to `target` needs, from a stream's valid sequence: from the one the
 /// snapshot ended in on, and none that starts after the target (by the binlog metadata's
 /// transaction timestamps, whole seconds, or its GTID ranges). The exact stop inside the last
@@ -1095,28 +1242,33 @@ fn remove_prefetched(relay_prefix: &Path) {
 
 // --- the downloader pool ---------------------------------------------------------------------
 
+/// A binlog's place in the restore's plan (`RestoreState::binlogs`): unique across the
+/// streams a restore replays, where remote indexes restart at 1 in each.
+type Slot = usize;
+
 struct DownloadJob {
+    slot: Slot,
     binlog: BinlogInfo,
     path: PathBuf,
 }
 
 struct DownloadResult {
-    remote_index: u64,
+    slot: Slot,
     result: Result<(), String>,
     integrity: bool,
 }
 
-/// `downloader-N` threads fetching binlogs into `<relay prefix>.prefetch.<index>` files.
+/// `downloader-N` threads fetching binlogs into `<relay prefix>.prefetch.<slot>` files.
 struct Downloads {
     jobs: Option<Sender<DownloadJob>>,
     results: Receiver<DownloadResult>,
     threads: Vec<std::thread::JoinHandle<()>>,
     relay_prefix: PathBuf,
-    /// remote index → (file size, downloaded path once done).
-    known: BTreeMap<u64, (u64, Option<PathBuf>)>,
-    failures: BTreeMap<u64, u32>,
-    retry: VecDeque<BinlogInfo>,
-    infos: BTreeMap<u64, BinlogInfo>,
+    /// slot → (file size, downloaded path once done).
+    known: BTreeMap<Slot, (u64, Option<PathBuf>)>,
+    failures: BTreeMap<Slot, u32>,
+    retry: VecDeque<(Slot, BinlogInfo)>,
+    infos: BTreeMap<Slot, BinlogInfo>,
 }
 
 impl Downloads {
@@ -1139,11 +1291,10 @@ impl Downloads {
                     .name(format!("downloader-{n}"))
                     .spawn(move || {
                         for job in jobs {
-                            let remote_index = job.binlog.remote_index.unwrap_or(0);
                             let (result, integrity) =
                                 download_binlog(storage.as_ref(), &key, &job.binlog, &job.path);
                             let _ = results.send(DownloadResult {
-                                remote_index,
+                                slot: job.slot,
                                 result,
                                 integrity,
                             });
@@ -1163,81 +1314,84 @@ impl Downloads {
         })
     }
 
-    fn path_for(&self, remote_index: u64) -> PathBuf {
+    fn path_for(&self, slot: Slot) -> PathBuf {
         let mut path = self.relay_prefix.as_os_str().to_owned();
-        path.push(format!(".prefetch.{remote_index:06}"));
+        path.push(format!(".prefetch.{slot:06}"));
         PathBuf::from(path)
     }
 
-    fn is_known(&self, remote_index: u64) -> bool {
-        self.known.contains_key(&remote_index)
+    fn is_known(&self, slot: Slot) -> bool {
+        self.known.contains_key(&slot)
     }
 
     fn bytes_held(&self) -> u64 {
         self.known.values().map(|(size, _)| size).sum()
     }
 
-    fn queue(&mut self, binlog: BinlogInfo) -> anyhow::Result<()> {
-        let index = binlog.remote_index.unwrap_or(0);
-        let path = self.path_for(index);
-        self.known.insert(index, (binlog.file_size, None));
-        self.infos.insert(index, binlog.clone());
+    fn queue(&mut self, slot: Slot, binlog: BinlogInfo) -> anyhow::Result<()> {
+        let path = self.path_for(slot);
+        self.known.insert(slot, (binlog.file_size, None));
+        self.infos.insert(slot, binlog.clone());
         let jobs = self.jobs.as_ref().context("downloader pool stopped")?;
-        jobs.send(DownloadJob { binlog, path })
+        jobs.send(DownloadJob { slot, binlog, path })
             .map_err(|_| anyhow!("downloader pool stopped"))
     }
 
     fn collect_results(&mut self) -> anyhow::Result<()> {
-        while let Ok(result) = self.results.try_recv() {
-            match result.result {
+        while let Ok(DownloadResult {
+            slot,
+            result,
+            integrity,
+        }) = self.results.try_recv()
+        {
+            let name = self
+                .infos
+                .get(&slot)
+                .map(|info| info.file_name.clone())
+                .unwrap_or_default();
+            match result {
                 Ok(()) => {
-                    let path = self.path_for(result.remote_index);
-                    if let Some(entry) = self.known.get_mut(&result.remote_index) {
+                    let path = self.path_for(slot);
+                    if let Some(entry) = self.known.get_mut(&slot) {
                         entry.1 = Some(path);
                     }
                 }
+                Err(message) if integrity => {
+                    bail!(Permanent(format!(
+                        "binlog {name} failed its integrity check: {message}"
+                    )));
+                }
                 Err(message) => {
-                    if result.integrity {
-                        bail!(Permanent(format!(
-                            "binlog {} failed its integrity check: {message}",
-                            result.remote_index
-                        )));
-                    }
-                    let count = self.failures.entry(result.remote_index).or_default();
+                    let count = self.failures.entry(slot).or_default();
                     *count += 1;
-                    log::error!(
-                        "downloading binlog {} failed (attempt {count}): {message}",
-                        result.remote_index
-                    );
+                    log::error!("downloading binlog {name} failed (attempt {count}): {message}");
                     if *count >= MAX_DOWNLOAD_FAILURES {
                         bail!(Permanent(format!(
-                            "downloading binlog {} failed {MAX_DOWNLOAD_FAILURES} times: {message}",
-                            result.remote_index
+                            "downloading binlog {name} failed {MAX_DOWNLOAD_FAILURES} times: \
+                             {message}"
                         )));
                     }
-                    self.known.remove(&result.remote_index);
-                    if let Some(info) = self.infos.get(&result.remote_index) {
-                        self.retry.push_back(info.clone());
+                    self.known.remove(&slot);
+                    if let Some(info) = self.infos.get(&slot) {
+                        self.retry.push_back((slot, info.clone()));
                     }
                 }
             }
         }
-        while let Some(binlog) = self.retry.pop_front() {
-            self.queue(binlog)?;
+        while let Some((slot, binlog)) = self.retry.pop_front() {
+            self.queue(slot, binlog)?;
         }
         Ok(())
     }
 
-    fn ready_path(&self, remote_index: u64) -> Option<PathBuf> {
-        self.known
-            .get(&remote_index)
-            .and_then(|(_, path)| path.clone())
+    fn ready_path(&self, slot: Slot) -> Option<PathBuf> {
+        self.known.get(&slot).and_then(|(_, path)| path.clone())
     }
 
     /// The file now belongs to the server's applier, which deletes it once applied.
-    fn handed_over(&mut self, remote_index: u64) {
-        self.known.remove(&remote_index);
-        self.infos.remove(&remote_index);
+    fn handed_over(&mut self, slot: Slot) {
+        self.known.remove(&slot);
+        self.infos.remove(&slot);
     }
 
     fn shut_down(mut self) {
@@ -1287,6 +1441,105 @@ pub(crate) fn download_binlog(
             let _ = std::fs::remove_file(&partial);
             let integrity = matches!(err, pipeline::Error::Encryption(_));
             (Err(format!("{remote_key}: {err}")), integrity)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gtid::{GtidRange, Origin};
+
+    /// A binlog of stream `stream` holding MariaDB GTIDs 0-1-`start`..=`end` (none when
+    /// `start` is 0).
+    fn binlog(stream: &str, index: u64, start: u64, end: u64) -> BinlogInfo {
+        let gtid_ranges = if start == 0 {
+            Vec::new()
+        } else {
+            vec![GtidRange {
+                end,
+                end_ts: 1_700_000_000,
+                server_id: 1,
+                server_uuid: Origin::mariadb(0, 1),
+                start,
+                start_ts: 1_700_000_000,
+            }]
+        };
+        BinlogInfo {
+            file_name: format!("binlog.{index:06}"),
+            file_size: 1000,
+            full_name: format!("/var/lib/mysql/binlog.{index:06}"),
+            gtid_ranges,
+            local_index: index,
+            processed_at: 0.0,
+            processing_time: 0.0,
+            server_id: 1,
+            remote_index: Some(index),
+            remote_key: Some(format!("default/{stream}/binlogs/0/{index}_1")),
+            compression_algorithm: None,
+            remote_file_size: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn gtids_through(end: u64) -> GtidSet {
+        let mut set = GtidSet::new();
+        if end > 0 {
+            let interval = crate::gtid::Interval::new(1, end).expect("interval");
+            set.insert_interval(Origin::mariadb(0, 1), interval);
+        }
+        set
+    }
+
+    #[test]
+    fn a_followed_stream_continues_after_what_is_planned() {
+        /// Planned binlogs, the followed stream's, planned GTIDs 1..=n, the keys expected.
+        type Case = (Vec<BinlogInfo>, Vec<BinlogInfo>, u64, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            // b starts inside a's last binlog (the same file): only b's later ones follow.
+            (
+                vec![binlog("a", 1, 1, 10), binlog("a", 2, 11, 20)],
+                vec![binlog("b", 1, 11, 20), binlog("b", 2, 21, 30)],
+                20,
+                vec!["default/b/binlogs/0/2_1"],
+            ),
+            // Binlogs without transactions add nothing.
+            (
+                vec![binlog("a", 1, 1, 10)],
+                vec![binlog("b", 1, 0, 0), binlog("b", 2, 11, 12)],
+                10,
+                vec!["default/b/binlogs/0/2_1"],
+            ),
+            // A second refresh of the same stream appends only what is new.
+            (
+                vec![binlog("a", 1, 1, 10), binlog("b", 2, 11, 12)],
+                vec![
+                    binlog("b", 1, 5, 10),
+                    binlog("b", 2, 11, 12),
+                    binlog("b", 3, 13, 15),
+                ],
+                12,
+                vec!["default/b/binlogs/0/3_1"],
+            ),
+            // A binlog partly planned still follows: the applier skips what is held.
+            (
+                vec![binlog("a", 1, 1, 10)],
+                vec![binlog("b", 1, 8, 14)],
+                10,
+                vec!["default/b/binlogs/0/1_1"],
+            ),
+            // Nothing new.
+            (
+                vec![binlog("a", 1, 1, 10)],
+                vec![binlog("b", 1, 1, 10)],
+                10,
+                vec![],
+            ),
+        ];
+        for (planned, stream, through, expected) in cases {
+            let got = continuing_binlogs(stream, &planned, gtids_through(through));
+            let keys: Vec<&str> = got.iter().filter_map(|b| b.remote_key.as_deref()).collect();
+            assert_eq!(keys, expected, "planned through {through}");
         }
     }
 }
