@@ -916,6 +916,21 @@ impl Client {
         parse_binary_logs(&rows).map_err(|problem| self.unexpected(statement, problem))
     }
 
+    /// `(schema, table)` of every InnoDB table a rebuild rewrites, in rebuild order.
+    pub fn innodb_tables(&mut self) -> Result<Vec<(String, String)>, Error> {
+        let query = Flavor::INNODB_TABLES_QUERY;
+        let rows = self.rows(query, "SELECT innodb tables")?;
+        rows.iter()
+            .map(|row| {
+                let mut values = row.values();
+                match (values.next().flatten(), values.next().flatten()) {
+                    (Some(schema), Some(table)) => Ok((schema.to_owned(), table.to_owned())),
+                    _ => Err(self.unexpected(query, "a NULL schema or table name".to_owned())),
+                }
+            })
+            .collect()
+    }
+
     /// Closes the active binlog and opens the next.
     pub fn flush_binary_logs(&mut self) -> Result<(), Error> {
         let statement = self.flavor.flush_binary_logs_statement();

@@ -581,6 +581,39 @@ impl Flavor {
         format!("STOP {} SQL_THREAD", self.replica_keyword())
     }
 
+    /// Session settings for rebuilding every table after a restore (MyHoard's
+    /// `rebuild_tables`): nothing written to the binlog (no GTIDs of the restored server's
+    /// own), and old rows that newer strictness would refuse are kept as they are.
+    pub fn table_rebuild_session_statements(self) -> Vec<&'static str> {
+        let mut statements = vec![
+            "SET SESSION sql_log_bin = 0",
+            "SET SESSION sql_mode = REPLACE(REPLACE(REPLACE(@@SESSION.sql_mode, \
+             'STRICT_ALL_TABLES', ''), 'NO_ZERO_DATE', ''), 'NO_ZERO_IN_DATE', '')",
+            "SET SESSION innodb_strict_mode = OFF",
+            "SET SESSION foreign_key_checks = 0",
+        ];
+        if self.is_mysql() {
+            statements.push("SET SESSION sql_require_primary_key = OFF");
+        }
+        statements
+    }
+
+    /// Every InnoDB table but the statistics tables (`ALTER TABLE ... FORCE` on those fails),
+    /// `schema, name` in a stable order, so a resumed rebuild can skip what is done.
+    pub const INNODB_TABLES_QUERY: &'static str = "SELECT TABLE_SCHEMA, TABLE_NAME \
+         FROM INFORMATION_SCHEMA.TABLES WHERE ENGINE = 'InnoDB' AND TABLE_TYPE = 'BASE TABLE' \
+         AND NOT (TABLE_SCHEMA = 'mysql' AND TABLE_NAME IN ('innodb_index_stats', \
+         'innodb_table_stats')) ORDER BY TABLE_SCHEMA, TABLE_NAME";
+
+    /// Rewrites one table in place.
+    pub fn rebuild_table_statement(self, schema: &str, table: &str) -> String {
+        format!(
+            "ALTER TABLE {}.{} FORCE",
+            sql_identifier(schema),
+            sql_identifier(table)
+        )
+    }
+
     /// Stops both replication threads.
     pub fn stop_replica_statement(self) -> String {
         format!("STOP {}", self.replica_keyword())
@@ -743,6 +776,11 @@ pub fn log_file_index(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// `name` as a quoted SQL identifier: backticks, an inner backtick doubled.
+pub fn sql_identifier(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
 }
 
 /// `text` as an SQL string literal: single quotes doubled, backslashes escaped. The statements
@@ -1580,6 +1618,18 @@ mod tests {
         ];
         for (text, quoted) in cases {
             assert_eq!(sql_string(text), quoted, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn quotes_sql_identifiers() {
+        let cases = [
+            ("t", "`t`"),
+            ("my table", "`my table`"),
+            ("odd`name", "`odd``name`"),
+        ];
+        for (name, quoted) in cases {
+            assert_eq!(sql_identifier(name), quoted, "{name:?}");
         }
     }
 }

@@ -57,6 +57,7 @@ pub enum Phase {
     InitiatingBinlogDownloads,
     RestoringBasebackup,
     PreparingBackup,
+    RebuildingTables,
     RefreshingBinlogs,
     ApplyingBinlogs,
     WaitingForApplyToFinish,
@@ -102,6 +103,10 @@ pub struct RestoreState {
     /// stream follows, the ones before it take no new binlogs: the newer stream holds them.
     #[serde(default)]
     pub followed_streams: Vec<String>,
+    /// `rebuild_tables`: the last table rewritten, `(schema, table)`, so a resumed rebuild
+    /// goes on after it.
+    #[serde(default)]
+    pub last_rebuilt_table: Option<(String, String)>,
 }
 
 /// One file of the batch being applied.
@@ -220,6 +225,7 @@ pub fn start(ctx: Arc<Context>, options: RestoreOptions) -> anyhow::Result<Resto
             file_fail_counters: BTreeMap::new(),
             follows_newer_backups: false,
             followed_streams: Vec::new(),
+            last_rebuilt_table: None,
         },
     };
     let status = Arc::new(Mutex::new(state.clone()));
@@ -444,6 +450,7 @@ impl Coordinator {
                 Ok(())
             }
             Phase::RestoringBasebackup | Phase::PreparingBackup => self.restore_basebackup(),
+            Phase::RebuildingTables => self.rebuild_tables(),
             Phase::RefreshingBinlogs => {
                 self.refresh_binlogs()?;
                 self.start_server_for_apply()?;
@@ -717,6 +724,56 @@ impl Coordinator {
         );
         self.state.basebackup_compressed_bytes_downloaded = info.compressed_size;
         self.state.basebackup_prepare_progress = Some(100.0);
+        self.set_phase(if self.state.options.rebuild_tables {
+            Phase::RebuildingTables
+        } else {
+            Phase::RefreshingBinlogs
+        });
+        Ok(())
+    }
+
+    /// `rebuild_tables`: `ALTER TABLE ... FORCE` on every InnoDB table of the restored
+    /// snapshot before any binlog is replayed, as MyHoard does for tables whose on-disk format
+    /// an upgrade left damaged. Rewrites are not binlogged; each finished table is recorded, so
+    /// a resumed restore goes on with the next. Duplicate-key, BLOB-key and key-too-long
+    /// refusals (1062, 1148, 1291) leave that table as it is.
+    fn rebuild_tables(&mut self) -> anyhow::Result<()> {
+        const REBUILD_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+        const LEFT_AS_IS: [u16; 3] = [1062, 1148, 1291];
+        self.start_server_for_apply()?;
+        let mut client =
+            Client::connect_with_timeout(&self.ctx.config.mysql.client_params, REBUILD_TIMEOUT)?;
+        let flavor = client.flavor();
+        client.execute_all(&flavor.table_rebuild_session_statements())?;
+        let tables = client.innodb_tables()?;
+        let start = self
+            .state
+            .last_rebuilt_table
+            .as_ref()
+            .and_then(|last| tables.iter().position(|table| table == last))
+            .map_or(0, |done| done + 1);
+        for (number, (schema, table)) in tables.iter().enumerate().skip(start) {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let started = Instant::now();
+            match client.execute(&flavor.rebuild_table_statement(schema, table)) {
+                Ok(()) => log::info!(
+                    "rebuilt table {schema}.{table} ({} of {}) in {:.1?}",
+                    number + 1,
+                    tables.len(),
+                    started.elapsed()
+                ),
+                Err(err) if err.code().is_some_and(|code| LEFT_AS_IS.contains(&code)) => {
+                    log::warn!("table {schema}.{table} left as it is: {err}");
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("rebuilding table {schema}.{table}"));
+                }
+            }
+            self.state.last_rebuilt_table = Some((schema.clone(), table.clone()));
+            self.save();
+        }
         self.set_phase(Phase::RefreshingBinlogs);
         Ok(())
     }

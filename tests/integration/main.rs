@@ -20,7 +20,7 @@ mod mode_transitions;
 mod purge_daemon;
 mod restore_apply;
 mod restore_daemon;
-mod restore_follow;
+mod restore_variants;
 mod rohmu_compat;
 mod storage_cli;
 mod storage_conformance;
