@@ -103,6 +103,11 @@ pub struct RestoreState {
     /// stream follows, the ones before it take no new binlogs: the newer stream holds them.
     #[serde(default)]
     pub followed_streams: Vec<String>,
+    /// The backup whose snapshot is restored, when it is not the one asked for: after that
+    /// one's snapshot failed, an earlier backup's, whose binlogs lead into the asked one's
+    /// (MyHoard's `_switch_basebackup_if_possible`). The asked-for stream then follows it.
+    #[serde(default)]
+    pub snapshot_stream: Option<String>,
     /// `rebuild_tables`: the last table rewritten, `(schema, table)`, so a resumed rebuild
     /// goes on after it.
     #[serde(default)]
@@ -151,7 +156,7 @@ impl RestoreHandle {
             "binlogs_pending": pending,
             "binlogs_restored": state.binlogs_restored,
             "phase": state.phase,
-            "current_backup_name": state.options.stream_id,
+            "current_backup_name": state.snapshot_stream.as_ref().unwrap_or(&state.options.stream_id),
             "current_backup_incremental": false,
             "restore_chain_index": 1,
             "restore_chain_total": 1,
@@ -226,6 +231,7 @@ pub fn start(ctx: Arc<Context>, options: RestoreOptions) -> anyhow::Result<Resto
             follows_newer_backups: false,
             followed_streams: Vec::new(),
             last_rebuilt_table: None,
+            snapshot_stream: None,
         },
     };
     let status = Arc::new(Mutex::new(state.clone()));
@@ -299,12 +305,18 @@ impl Coordinator {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
             }
-            match self.state.phase {
+            let current = self.state.phase;
+            match current {
                 Phase::Completed => {
                     if !ended_before {
                         metrics.increase("myhoard.restore.completed", &[]);
                     }
                     return Some(RestoreOutcome::Completed);
+                }
+                Phase::FailedBasebackup | Phase::BrokenBasebackup
+                    if !ended_before && self.switch_to_earlier_backup() =>
+                {
+                    continue;
                 }
                 phase @ (Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup) => {
                     if !ended_before {
@@ -437,8 +449,88 @@ impl Coordinator {
         })
     }
 
+    /// The stream of the snapshot being restored.
+    fn snapshot_stream_id(&self) -> &str {
+        self.state
+            .snapshot_stream
+            .as_deref()
+            .unwrap_or(&self.state.options.stream_id)
+    }
+
     fn stream_prefix(&self) -> String {
-        layout::stream_prefix(&self.state.options.site, &self.state.options.stream_id)
+        layout::stream_prefix(&self.state.options.site, self.snapshot_stream_id())
+    }
+
+    /// The streams whose binlogs the restore replays, in order: the snapshot's, then the ones
+    /// that follow it.
+    fn binlog_streams(&self) -> Vec<String> {
+        std::iter::once(self.snapshot_stream_id().to_owned())
+            .chain(self.state.followed_streams.iter().cloned())
+            .collect()
+    }
+
+    /// After the snapshot failed for good (or is marked broken): starts over from the newest
+    /// earlier backup, if there is one, whose binlogs then lead into this one's. Returns
+    /// whether it switched.
+    fn switch_to_earlier_backup(&mut self) -> bool {
+        let backups = match self.completed_backups() {
+            Ok(backups) => backups,
+            Err(err) => {
+                log::error!("listing backups for an earlier snapshot: {err:#}");
+                return false;
+            }
+        };
+        let failed = self.snapshot_stream_id().to_owned();
+        let Some(failed_at) = backups
+            .iter()
+            .find(|b| b.stream_id == failed)
+            .and_then(|b| b.completed_at)
+            .or_else(|| self.state.basebackup_info.as_ref().map(|info| info.end_ts))
+        else {
+            return false;
+        };
+        let Some(earlier) = backups
+            .into_iter()
+            .rev()
+            .find(|b| b.completed_at.is_some_and(|at| at < failed_at) && b.stream_id != failed)
+        else {
+            log::error!("no backup completed before {failed} to fall back to: the restore fails");
+            return false;
+        };
+        log::warn!(
+            "the snapshot of {failed} cannot be restored ({}); falling back to the earlier \
+             backup {}, whose binlogs lead into it",
+            self.state.failure.as_deref().unwrap_or("marked broken"),
+            earlier.stream_id
+        );
+        self.ctx
+            .metrics
+            .increase("myhoard.restore.switched_to_earlier_backup", &[]);
+        if let Some(downloads) = self.downloads.take() {
+            downloads.shut_down();
+        }
+        remove_prefetched(&self.ctx.config.mysql.relay_log_prefix);
+        // The streams from the earlier one's successor on: the failed one and those it was
+        // to be followed by.
+        let mut followed: Vec<String> = self.binlog_streams();
+        followed.retain(|stream| *stream != earlier.stream_id);
+        self.state.followed_streams = followed;
+        self.state.snapshot_stream = Some(earlier.stream_id);
+        self.state.basebackup_info = None;
+        self.state.basebackup_restore_errors = 0;
+        self.state.basebackup_compressed_bytes_downloaded = 0;
+        self.state.basebackup_prepare_progress = None;
+        self.state.binlogs.clear();
+        self.state.binlogs_restored = 0;
+        self.state.applying = 0;
+        self.state.apply = None;
+        self.state.batch.clear();
+        self.state.target_reached = false;
+        self.state.last_rebuilt_table = None;
+        self.state.server_options = None;
+        self.state.errors = 0;
+        self.set_phase(Phase::GettingBackupInfo);
+        true
     }
 
     fn step(&mut self) -> anyhow::Result<()> {
@@ -609,8 +701,12 @@ impl Coordinator {
         })
     }
 
-    /// Lists the current stream's binlogs and appends those the target needs that are not
-    /// planned yet. Planned binlogs stay as they are.
+    /// Lists the binlog streams from the last one with planned binlogs on, and appends what
+    /// the target needs that is not planned yet: from the snapshot's stream, its binlogs from
+    /// the snapshot on; from each stream after it, those that continue the plan, once its
+    /// snapshot lies within the plan (so that nothing between them is missing). Planned
+    /// binlogs stay as they are; a stream before one that has planned binlogs takes no more
+    /// (the later one holds what it would add).
     fn refresh_binlogs(&mut self) -> anyhow::Result<()> {
         let info = self
             .state
@@ -619,21 +715,61 @@ impl Coordinator {
             .context("no snapshot info")?;
         let site = self.site()?;
         let storage = Arc::clone(&site.storage);
-        let prefix = layout::stream_prefix(&self.state.options.site, self.current_stream_id());
-        let all = remote::valid_remote_binlogs(storage.as_ref(), &prefix)?;
-        let new: Vec<BinlogInfo> = if self.state.followed_streams.is_empty() {
-            let needed = binlogs_needed(all, &info, &self.target()?);
-            needed.into_iter().skip(self.state.binlogs.len()).collect()
-        } else {
-            continuing_binlogs(all, &self.state.binlogs, self.planned_gtids())
+        let target = self.target()?;
+        let streams = self.binlog_streams();
+        let site_name = self.state.options.site.clone();
+        let in_stream = |binlog: &BinlogInfo, stream: &str| {
+            let prefix = format!("{}/", layout::stream_prefix(&site_name, stream));
+            binlog
+                .remote_key
+                .as_deref()
+                .is_some_and(|key| key.starts_with(&prefix))
         };
-        if !new.is_empty() {
+        let open_from = streams
+            .iter()
+            .rposition(|stream| self.state.binlogs.iter().any(|b| in_stream(b, stream)))
+            .unwrap_or(0);
+        let known = self.state.binlogs.len();
+        for (position, stream) in streams.iter().enumerate().skip(open_from) {
+            if self.state.target_reached || target_within(&self.state.binlogs, &target) {
+                break;
+            }
+            let prefix = layout::stream_prefix(&site_name, stream);
+            let all = remote::valid_remote_binlogs(storage.as_ref(), &prefix)?;
+            let new = if position == 0 {
+                let planned = self.state.binlogs.len();
+                binlogs_needed(all, Some(&info), &target)
+                    .into_iter()
+                    .skip(planned)
+                    .collect()
+            } else {
+                let stream_info: BasebackupInfo = remote::read_json_object(
+                    storage.as_ref(),
+                    &format!("{prefix}/{}", layout::BASEBACKUP_INFO_NAME),
+                )?;
+                let planned = self.planned_gtids();
+                if !planned.contains(&stream_info.gtid_executed) {
+                    log::warn!(
+                        "the binlogs planned so far do not reach backup {stream}'s snapshot \
+                         (missing {}): its binlogs cannot follow yet",
+                        stream_info.gtid_executed.difference(&planned)
+                    );
+                    break;
+                }
+                binlogs_needed(
+                    continuing_binlogs(all, &self.state.binlogs, planned),
+                    None,
+                    &target,
+                )
+            };
+            self.state.binlogs.extend(new);
+        }
+        if self.state.binlogs.len() > known {
             log::info!(
                 "{} binlogs to replay ({} new)",
-                self.state.binlogs.len() + new.len(),
-                new.len()
+                self.state.binlogs.len(),
+                self.state.binlogs.len() - known
             );
-            self.state.binlogs.extend(new);
             self.save();
         }
         Ok(())
@@ -1140,6 +1276,15 @@ impl Coordinator {
     }
 }
 
+/// Whether the planned binlogs already hold a GTID target (nothing after them is needed).
+/// Time targets are cut while listing, by [`binlogs_needed`].
+fn target_within(planned: &[BinlogInfo], target: &RestoreTarget) -> bool {
+    match target {
+        RestoreTarget::Gtid(gtid) => planned.iter().any(|b| b.gtids().contains_gtid(gtid)),
+        RestoreTarget::Latest | RestoreTarget::Time { .. } => false,
+    }
+}
+
 /// A followed stream's binlogs that continue the planned ones: those not planned yet (by
 /// object key) that hold a transaction nothing planned holds. The newer stream's first binlogs
 /// repeat the previous stream's last ones, which the previous stream's objects already cover.
@@ -1177,12 +1322,14 @@ fn continuing_binlogs(
 /// one is the applier's plan.
 fn binlogs_needed(
     all: Vec<BinlogInfo>,
-    info: &BasebackupInfo,
+    snapshot: Option<&BasebackupInfo>,
     target: &RestoreTarget,
 ) -> Vec<BinlogInfo> {
-    let start = all
-        .iter()
-        .position(|b| Some(b.file_name.as_str()) == info.binlog_name.as_deref())
+    let start = snapshot
+        .and_then(|info| {
+            all.iter()
+                .position(|b| Some(b.file_name.as_str()) == info.binlog_name.as_deref())
+        })
         .unwrap_or(0);
     let mut needed = Vec::new();
     for binlog in all.into_iter().skip(start) {

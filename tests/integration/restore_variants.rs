@@ -4,6 +4,9 @@
 //!   the source completes a newer backup (and closes the restored one's stream) in the middle
 //!   of the restore, the restore goes on with the newer backup's binlogs, and ends with the
 //!   source's data as of its last upload, not as of the restored stream's end.
+//! - A snapshot that fails its integrity check makes the restore fall back to the backup
+//!   before it, whose binlogs lead into the asked one's: the restore still reaches the latest
+//!   transaction.
 //! - `rebuild_tables` rewrites every InnoDB table of the snapshot before the replay.
 
 use std::collections::BTreeMap;
@@ -14,6 +17,8 @@ use serde_json::{Value, json};
 use crate::backup_daemon::wait_gapless_stream;
 use crate::harness::daemon::{self, Daemon};
 use crate::harness::db::{DbServer, Flavor};
+use myhoard::backup_stream::layout;
+
 use crate::restore_daemon::{
     assert_same_tables, checkpoint, db_options, load_phase, restore_and_wait, restore_target, site,
 };
@@ -62,6 +67,29 @@ fn backed_up_source(flavor: Flavor, site: &Value) -> Option<Source> {
     })
 }
 
+/// Asks the source for a new backup and waits until it is complete and the first stream
+/// closed.
+fn complete_second_backup(source: &Source, first_id: &str) -> Value {
+    let (status, body) = source
+        .daemon
+        .post("/backup", json!({"backup_type": "basebackup"}));
+    assert_eq!(status, 200, "{body}");
+    source.daemon.wait_for(
+        "the second backup, and the first stream closed",
+        Duration::from_secs(300),
+        |d| {
+            let backups = d.backups();
+            let closed = backups
+                .iter()
+                .any(|b| stream_id(b) == first_id && b["closed_at"].is_number());
+            let second = backups
+                .into_iter()
+                .find(|b| stream_id(b) != first_id && b["completed_at"].is_number());
+            second.filter(|_| closed)
+        },
+    )
+}
+
 fn follows_a_backup_completed_during_the_restore(flavor: Flavor) {
     let Some(site) = site("follow") else { return };
     let Some(source) = backed_up_source(flavor, &site) else {
@@ -89,24 +117,7 @@ fn follows_a_backup_completed_during_the_restore(flavor: Flavor) {
     );
     daemon::send_signal(target.daemon.pid(), SIGSTOP);
 
-    let (status, body) = source
-        .daemon
-        .post("/backup", json!({"backup_type": "basebackup"}));
-    assert_eq!(status, 200, "{body}");
-    let second = source.daemon.wait_for(
-        "the second backup, and the first stream closed",
-        Duration::from_secs(300),
-        |d| {
-            let backups = d.backups();
-            let closed = backups
-                .iter()
-                .any(|b| stream_id(b) == first_id && b["closed_at"].is_number());
-            let second = backups
-                .into_iter()
-                .find(|b| stream_id(b) != first_id && b["completed_at"].is_number());
-            second.filter(|_| closed)
-        },
-    );
+    let second = complete_second_backup(&source, &first_id);
     load_phase(&source.db, 3, 3);
     let latest = checkpoint(&source.db);
     source.daemon.rotate_and_wait();
@@ -208,4 +219,70 @@ fn mariadb_rebuilds_every_table_before_the_replay() {
 #[test]
 fn mysql_rebuilds_every_table_before_the_replay() {
     rebuilds_every_table_before_the_replay(Flavor::MySql);
+}
+
+fn falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(flavor: Flavor) {
+    let storage_dir = tempfile::tempdir().expect("tempdir");
+    let site = daemon::local_site(
+        storage_dir.path(),
+        &crate::harness::myhoard::shared_key_pair(),
+        "zstd",
+    );
+    let Some(source) = backed_up_source(flavor, &site) else {
+        return;
+    };
+    let first_id = stream_id(&source.backup);
+    let second = complete_second_backup(&source, &first_id);
+    let second_id = stream_id(&second);
+    load_phase(&source.db, 3, 3);
+    let latest = checkpoint(&source.db);
+    source.daemon.rotate_and_wait();
+    wait_gapless_stream(&source.daemon, &second, &executed_gtids(&source.db));
+
+    // One flipped byte in the newest snapshot's first object.
+    let snapshot = storage_dir.path().join(layout::basebackup_split_key(
+        &layout::stream_prefix("default", &second_id),
+        1,
+    ));
+    let mut bytes = std::fs::read(&snapshot).expect("reading the snapshot object");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&snapshot, bytes).expect("writing the snapshot object");
+
+    let mut target = restore_target(flavor, &site, 2, |config| {
+        config["restore_auto_mark_backups_broken"] = true.into();
+    });
+    restore_and_wait(
+        &target,
+        json!({"mode": "restore", "site": "default", "stream_id": second_id}),
+    );
+    let log = target.daemon.log_text();
+    assert!(
+        log.contains(&format!("falling back to the earlier backup {first_id}")),
+        "the restore should have fallen back to {first_id}\n{}",
+        target.daemon.log_tail()
+    );
+    assert_same_tables(
+        &mut target.db,
+        &latest.checksums,
+        "latest, from the earlier snapshot",
+    );
+    // The corrupt backup is marked broken for everyone else.
+    let broken = storage_dir
+        .path()
+        .join(layout::stream_prefix("default", &second_id))
+        .join(layout::BROKEN_NAME);
+    assert!(broken.is_file(), "{} missing", broken.display());
+    drop(target);
+    drop(source);
+}
+
+#[test]
+fn mariadb_falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt() {
+    falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt() {
+    falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(Flavor::MySql);
 }
