@@ -2,7 +2,8 @@
 # Builds the DEB (cargo-deb) and RPM (cargo-generate-rpm) packages from one release build and
 # checks them: both hold exactly the expected files with the expected modes and the same
 # contents, the config is a conffile in both, the RPM scriptlets are the ones in packaging/rpm.
-# Then installs the DEB on this machine, checks the installed files, the config (validated by
+# Then installs the RPM into a scratch root (rpm cannot own Debian's) and checks what it installed,
+# and installs the DEB on this machine, checks the installed files, the config (validated by
 # the installed binary, also as user mysql, who runs the daemon), the registered conffile and
 # the unit (systemd-analyze verify), and purges the package again, also when a check fails.
 #
@@ -169,6 +170,38 @@ done
 say "RPM Requires: $(rpm -qp --requires "$rpm" | tr '\n' ' ')"
 say "RPM Recommends: $(rpm -qp --recommends "$rpm" | tr '\n' ' ')"
 
+# --- install the RPM into a scratch root --------------------------------------------------------
+
+# This is Debian: rpm cannot own the real root here. A root of its own (with this machine's users
+# and groups, so the config gets group mysql) shows that rpm installs the package, that the
+# installed files verify, and that the installed binary accepts the installed config. The
+# scriptlets (systemctl calls) and the dependencies (Debian's libraries are not in an rpm
+# database) are left out: the DEB below is installed with both.
+rpm_root=$out/rpm-root
+rm -rf "$rpm_root"
+mkdir -p "$rpm_root/etc"
+cp /etc/passwd /etc/group "$rpm_root/etc/"
+say "rpm --root $rpm_root -i --nodeps --noscripts $rpm"
+rpm --root "$rpm_root" --initdb
+rpm --root "$rpm_root" -i --nodeps --noscripts "$rpm" 2>&1 | grep -v 'use Alien\|know what you are doing' | indent || true
+rpm --root "$rpm_root" -q myhoard >/dev/null || die "rpm -q myhoard in $rpm_root: not installed"
+rpm_verify=$(rpm --root "$rpm_root" -V --nodeps myhoard 2>&1 || true)
+[ -z "$rpm_verify" ] || die "rpm -V myhoard in $rpm_root: $rpm_verify"
+rpm_installed=$(cd "$rpm_root" && find usr etc -type f -not -path etc/passwd -not -path etc/group \
+    -printf '%M /%p\n' | sort -k2)
+same_or_die "the files the RPM installed" "$EXPECTED_FILES" "$rpm_installed"
+if getent group mysql >/dev/null 2>&1; then
+    rpm_config_owner=$(stat -c '%A %U:%G' "$rpm_root$CONFIG")
+    [ "$rpm_config_owner" = "-rw-r----- root:mysql" ] ||
+        die "$CONFIG from the RPM is '$rpm_config_owner', expected -rw-r----- root:mysql"
+fi
+say "$rpm_root/usr/bin/myhoard validate-config --config $rpm_root$CONFIG"
+"$rpm_root/usr/bin/myhoard" validate-config --config "$rpm_root$CONFIG" ||
+    die "validate-config of the config the RPM installed failed"
+rpm --root "$rpm_root" -e --noscripts --nodeps myhoard
+[ ! -e "$rpm_root/usr/bin/myhoard" ] || die "rpm -e left /usr/bin/myhoard in $rpm_root"
+rm -rf "$rpm_root"
+
 # --- install the DEB ----------------------------------------------------------------------------
 
 # Never replace or purge an installation this script did not make.
@@ -258,4 +291,4 @@ done
 if dpkg-query -W -f '${Status}' myhoard 2>/dev/null | grep -q 'installed'; then
     die "myhoard is still installed after dpkg --purge"
 fi
-say "OK: $deb and $rpm hold the same $(wc -l <<<"$EXPECTED_FILES") files; the DEB installs, validates and purges cleanly"
+say "OK: $deb and $rpm hold the same $(wc -l <<<"$EXPECTED_FILES") files; the RPM installs into a scratch root and validates; the DEB installs, validates and purges cleanly"
