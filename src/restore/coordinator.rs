@@ -620,13 +620,13 @@ impl Coordinator {
         Ok(backups)
     }
 
-    /// The stream whose binlogs are being listed: the restored backup's, or the newest
+    /// The last stream whose binlogs the restore replays: the snapshot's, or the newest
     /// followed one's.
     fn current_stream_id(&self) -> &str {
         self.state
             .followed_streams
             .last()
-            .unwrap_or(&self.state.options.stream_id)
+            .map_or(self.snapshot_stream_id(), String::as_str)
     }
 
     /// Everything the planned binlogs and the snapshot hold.
