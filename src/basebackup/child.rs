@@ -6,6 +6,9 @@
 //! a body closure; scoped helper threads drain the other pipes and watch the cancel flag, so a
 //! child that stalls without output is still killed promptly when the job is cancelled. The
 //! child is killed (SIGKILL) and reaped whenever the body fails, so none outlives the call.
+//! Nor does one outlive the daemon: a child gets `PR_SET_PDEATHSIG`, so the kernel kills it
+//! when the daemon dies without a chance to clean up (`kill -9`, OOM killer). A temporary
+//! mysqld of a clone snapshot would otherwise run on, orphaned, on a deleted scratch directory.
 //!
 //! The call returns once the child's output pipes close. A child that leaves a process of its
 //! own holding them (a shell running a pipeline) would keep it waiting; the programs run here
@@ -21,6 +24,13 @@ use std::time::{Duration, Instant};
 
 use super::Error;
 use super::output::Severity;
+
+// Not in std, and no libc binding crate is a dependency; `prctl` is in every Linux libc.
+unsafe extern "C" {
+    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+}
+const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
+const SIGKILL: std::ffi::c_ulong = 9;
 
 /// How often the watchdog looks at the cancel flag.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -75,6 +85,28 @@ impl Running<'_> {
     }
 }
 
+/// Makes the kernel SIGKILL the child when the thread that spawns it ends. That thread is the
+/// caller of [`run`], which waits for the child, so in practice: when the daemon dies.
+fn kill_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let daemon_pid = std::process::id();
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
+    // calls (prctl, getppid), allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon died before the signal was armed: do not start an orphan.
+            if std::os::unix::process::parent_id() != daemon_pid {
+                const ESRCH: i32 = 3;
+                return Err(std::io::Error::from_raw_os_error(ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Spawns `command` and runs `body` with its data stream; returns the body's value once the
 /// child has exited successfully.
 ///
@@ -95,6 +127,7 @@ pub fn run<T>(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    kill_with_parent(command);
     let mut child = command.spawn().map_err(|source| Error::Spawn {
         program: supervision.name.to_owned(),
         source,

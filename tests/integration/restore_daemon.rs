@@ -19,6 +19,7 @@ use crate::harness::db::{DbOptions, DbServer, Flavor};
 use crate::harness::load::{Load, LoadOptions, Until};
 use crate::harness::myhoard::shared_key_pair;
 use crate::harness::seaweedfs;
+use myhoard::backup_stream::layout::{self, BasebackupInfo};
 
 /// A reference point of the source: what a restore to it must reproduce.
 pub(crate) struct Checkpoint {
@@ -355,9 +356,7 @@ fn stored_binlog_sizes(source: &Source) -> (String, Vec<u64>) {
 /// A restore under `kill -9` of the daemon in each phase it can be caught in, with a disk
 /// budget a fraction of the binlogs' total, sampled all along: it resumes every time, never
 /// holds more than the budget, and ends with exactly the source's data.
-#[test]
-fn mariadb_restore_survives_kill9_in_each_phase_within_budget() {
-    let flavor = Flavor::MariaDb;
+fn restore_survives_kill9_in_each_phase_within_budget(flavor: Flavor) {
     let Some(source) = backed_up_source(flavor, "kill9-restore") else {
         return;
     };
@@ -433,11 +432,19 @@ fn mariadb_restore_survives_kill9_in_each_phase_within_budget() {
     );
 }
 
+#[test]
+fn mariadb_restore_survives_kill9_in_each_phase_within_budget() {
+    restore_survives_kill9_in_each_phase_within_budget(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_restore_survives_kill9_in_each_phase_within_budget() {
+    restore_survives_kill9_in_each_phase_within_budget(Flavor::MySql);
+}
+
 /// Tampered objects: a flipped byte in a binlog object and in the snapshot object each stop
 /// the restore with an integrity error, and nothing from them is applied.
-#[test]
-fn mariadb_restore_refuses_tampered_objects() {
-    let flavor = Flavor::MariaDb;
+fn restore_refuses_tampered_objects(flavor: Flavor) {
     let storage_dir = tempfile::tempdir().expect("tempdir");
     let keys = shared_key_pair();
     let site = daemon::local_site(storage_dir.path(), &keys, "zstd");
@@ -481,8 +488,29 @@ fn mariadb_restore_refuses_tampered_objects() {
         "the log names the integrity failure"
     );
     drop(target);
-    // The snapshot itself.
-    flip(&stream_dir.join("basebackup.xbstream"));
+    // The snapshot itself: its first split keeps MyHoard's name `basebackup.xbstream` whatever
+    // the format (MariaDB's mbstream, MySQL's tar of the cloned data directory).
+    let info: BasebackupInfo =
+        serde_json::from_value(source.backup["basebackup_info"].clone()).expect("basebackup_info");
+    let expected_format = match flavor {
+        Flavor::MariaDb => "xbstream",
+        Flavor::MySql => "tar",
+    };
+    assert_eq!(
+        info.snapshot_format.as_deref(),
+        Some(expected_format),
+        "snapshot format"
+    );
+    assert!(info.number_of_splits >= 1, "no snapshot splits: {info:?}");
+    let snapshot_key =
+        layout::basebackup_split_key(&layout::stream_prefix("default", &stream_id), 1);
+    let snapshot = storage_dir.path().join(&snapshot_key);
+    assert!(
+        snapshot.is_file(),
+        "no snapshot object {}",
+        snapshot.display()
+    );
+    flip(&snapshot);
     let target = restore_target(flavor, &site, 7, |_| {});
     let (status, body) = target.daemon.put(
         "/status",
@@ -510,6 +538,16 @@ fn mariadb_restore_refuses_tampered_objects() {
         data_dir_entries, 0,
         "nothing from a tampered snapshot reaches the data directory"
     );
+}
+
+#[test]
+fn mariadb_restore_refuses_tampered_objects() {
+    restore_refuses_tampered_objects(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_restore_refuses_tampered_objects() {
+    restore_refuses_tampered_objects(Flavor::MySql);
 }
 
 /// `PUT /status {"mode": "active", "force": true}` while a restore applies binlogs: the restore
