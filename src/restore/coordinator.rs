@@ -1534,8 +1534,16 @@ impl Downloads {
 
     fn queue(&mut self, slot: Slot, binlog: BinlogInfo) -> anyhow::Result<()> {
         let path = self.path_for(slot);
-        self.known.insert(slot, (binlog.file_size, None));
         self.infos.insert(slot, binlog.clone());
+        // A daemon killed before this one may have fetched this file already. It is renamed
+        // into place only once complete and checked, so it is kept: downloading it again would
+        // hold it twice on disk meanwhile, over `restore_max_binlog_bytes`.
+        if std::fs::metadata(&path).is_ok_and(|meta| meta.len() == binlog.file_size) {
+            log::info!("{}: downloaded before the restart, kept", binlog.file_name);
+            self.known.insert(slot, (binlog.file_size, Some(path)));
+            return Ok(());
+        }
+        self.known.insert(slot, (binlog.file_size, None));
         let jobs = self.jobs.as_ref().context("downloader pool stopped")?;
         jobs.send(DownloadJob { slot, binlog, path })
             .map_err(|_| anyhow!("downloader pool stopped"))
