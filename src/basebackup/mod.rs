@@ -631,6 +631,7 @@ fn scratch_dir(config: &Config, prefix: &str) -> Result<tempfile::TempDir, Error
         path: parent.clone(),
         source,
     })?;
+    remove_stale_scratch_dirs(parent, prefix);
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(parent)
@@ -639,6 +640,28 @@ fn scratch_dir(config: &Config, prefix: &str) -> Result<tempfile::TempDir, Error
             path: parent.clone(),
             source,
         })
+}
+
+/// Removes what a daemon killed in the middle of a snapshot left under `temporary_directory`
+/// (one snapshot runs at a time, so any directory of the kind is stale). A clone the server
+/// still writes into the directory then fails, which ends it.
+fn remove_stale_scratch_dirs(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => log::warn!(
+                "removed {}, left by an interrupted snapshot",
+                path.display()
+            ),
+            Err(err) => log::warn!("removing {}: {err}", path.display()),
+        }
+    }
 }
 
 /// Removes a scratch directory, logging (not returning) a failure: the work is done, and a

@@ -411,6 +411,21 @@ fn kill9_during_snapshot_and_uploads(flavor: Flavor) {
         orphans.is_empty(),
         "processes of killed daemons still run: {orphans:#?}"
     );
+    // Nor is their scratch space left: the next snapshot cleared it, and its own is gone.
+    let leftovers: Vec<String> = std::fs::read_dir(&temporary)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("myhoard-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "snapshot scratch directories left in {}: {leftovers:?}",
+        temporary.display()
+    );
 }
 
 /// What the daemon logs when it starts a snapshot.
