@@ -15,7 +15,7 @@ use crate::harness::db::{DbOptions, DbServer, Flavor};
 use crate::harness::load::{Load, Until};
 use crate::harness::myhoard::shared_key_pair;
 use crate::harness::seaweedfs;
-use myhoard::backup_stream::layout::{BasebackupInfo, BinlogInfo};
+use myhoard::backup_stream::layout::{self, BasebackupInfo, BinlogInfo};
 use myhoard::gtid::GtidSet;
 
 fn db_options(flavor: Flavor, server_id: u32) -> DbOptions {
@@ -579,6 +579,115 @@ fn retention_deletes_the_oldest_streams() {
 
 /// `PATCH /backup/{id}` marks a backup broken and back, `PUT /backup/{id}/preserve` records a
 /// preservation; both show in storage and in `GET /backup`.
+/// Sets `field` of a marker object's metadata (`completed.json`, `closed.json`) in local
+/// storage, as if the marker had been written at `epoch`.
+fn backdate_marker(storage: &Path, stream_id: &str, name: &str, field: &str, epoch: f64) {
+    let path = storage
+        .join(layout::stream_prefix("default", stream_id))
+        .join(format!("{name}.metadata"));
+    let text = std::fs::read_to_string(&path).expect("reading the marker's metadata");
+    let mut metadata: Value = serde_json::from_str(&text).expect("metadata JSON");
+    let inner = metadata[layout::METADATA_KEY]
+        .as_str()
+        .expect("the marker's json metadata")
+        .to_owned();
+    let mut marker: Value = serde_json::from_str(&inner).expect("marker JSON");
+    marker[field] = epoch.into();
+    metadata[layout::METADATA_KEY] = marker.to_string().into();
+    std::fs::write(&path, metadata.to_string()).expect("writing the marker's metadata");
+}
+
+/// Retention by age: with `backup_age_days_max` 1, a backup closed three days ago is deleted
+/// with all its objects, while the newer ones stay; before it was old, it stayed too.
+#[test]
+fn retention_deletes_backups_older_than_the_age_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let keys = shared_key_pair();
+    let Some((_db, mut daemon)) = start_active(
+        Flavor::MariaDb,
+        dir.path(),
+        daemon::local_site(&storage, &keys, "snappy"),
+        |config| {
+            config["backup_settings"]["backup_age_days_max"] = 1.into();
+            config["backup_settings"]["backup_count_min"] = 1.into();
+            config["backup_settings"]["backup_count_max"] = 10.into();
+        },
+    ) else {
+        return;
+    };
+    let config_path = daemon.dir().join("myhoard.json");
+    let first = daemon.wait_completed_backup(Duration::from_secs(300));
+    let first_id = first["stream_id"].as_str().unwrap_or_default().to_owned();
+    let (status, body) = daemon.post("/backup", json!({"backup_type": "basebackup"}));
+    assert_eq!(status, 200, "{body}");
+    let second_id = daemon.wait_for(
+        "the second backup, and the first closed",
+        Duration::from_secs(300),
+        |d| {
+            let backups = d.backups();
+            let closed = backups
+                .iter()
+                .any(|b| b["stream_id"] == first_id.as_str() && b["closed_at"].is_number());
+            backups
+                .iter()
+                .find(|b| b["stream_id"] != first_id.as_str() && b["completed_at"].is_number())
+                .filter(|_| closed)
+                .and_then(|b| b["stream_id"].as_str().map(str::to_owned))
+        },
+    );
+    let stored_streams = || -> std::collections::BTreeSet<String> {
+        stored_objects(&config_path)
+            .iter()
+            .filter_map(|o| o["key"].as_str())
+            .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
+            .collect()
+    };
+    // Young, both stay (retention runs after every listing, which the closing forced).
+    std::thread::sleep(Duration::from_secs(5));
+    let before = stored_streams();
+    assert!(
+        before.contains(&first_id) && before.contains(&second_id),
+        "{before:?}"
+    );
+    assert!(daemon.stop(), "the daemon should stop cleanly");
+    let three_days_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+        - 3.0 * 86_400.0;
+    backdate_marker(
+        &storage,
+        &first_id,
+        layout::COMPLETED_NAME,
+        "completed_at",
+        three_days_ago,
+    );
+    backdate_marker(
+        &storage,
+        &first_id,
+        layout::CLOSED_NAME,
+        "closed_at",
+        three_days_ago,
+    );
+    // The daemon keeps its backup list cached across restarts (re-listed every 20 minutes in
+    // active mode, as MyHoard does) and re-lists after a backup completes: a third backup
+    // makes it see the first one's age.
+    daemon.start_again();
+    let (status, body) = daemon.post("/backup", json!({"backup_type": "basebackup"}));
+    assert_eq!(status, 200, "{body}");
+    daemon.wait_for(
+        "the old backup to be deleted",
+        Duration::from_secs(300),
+        |_| (!stored_streams().contains(&first_id)).then_some(()),
+    );
+    let after = stored_streams();
+    assert!(
+        after.contains(&second_id) && after.len() == 2,
+        "the young backups stay: {after:?}"
+    );
+}
+
 #[test]
 fn mark_broken_and_preserve() {
     let dir = tempfile::tempdir().expect("tempdir");
