@@ -47,6 +47,12 @@
 //! index, only the upload of the server the promotion records give that index to; so what a
 //! deposed master still uploads is never used.
 //!
+//! Restore chains: a restore replays the binlogs of a chain of streams, the snapshot's first.
+//! A newer backup's stream joins the chain (a restore to the latest transaction following
+//! backups completed meanwhile, or the asked-for backup after a fallback to an earlier
+//! snapshot) only once its snapshot lies within the GTIDs planned so far, so a chain never
+//! has a gap.
+//!
 //! Crash safety: every state change is written (atomically) before it is acted on, and every
 //! object key is fixed before its upload starts, so a restart redoes at most the work in
 //! flight, to the same keys.
