@@ -25,11 +25,30 @@ use std::time::{Duration, Instant};
 use super::Error;
 use super::output::Severity;
 
-// Not in std, and no libc binding crate is a dependency; `prctl` is in every Linux libc.
+// Not in std, and no libc binding crate is a dependency; `prctl` and `fcntl` are in every
+// Linux libc.
 unsafe extern "C" {
     fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+    fn fcntl(fd: std::ffi::c_int, cmd: std::ffi::c_int, ...) -> std::ffi::c_int;
 }
 const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
+const F_SETPIPE_SZ: std::ffi::c_int = 1031;
+/// The data pipe's capacity. At Linux's default 64 KiB, each of our 256 KiB writes into a
+/// snapshot extractor (or reads from a snapshot tool) takes several hand-offs between the
+/// processes; a larger pipe lets both sides run.
+const DATA_PIPE_BYTES: std::ffi::c_int = 1 << 20;
+
+/// Enlarges a data pipe; a refusal (a lower `/proc/sys/fs/pipe-max-size`) only costs speed.
+fn enlarge_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on a descriptor this process owns, with an integer argument.
+    let result = unsafe { fcntl(fd, F_SETPIPE_SZ, DATA_PIPE_BYTES) };
+    if result == -1 {
+        log::debug!(
+            "enlarging a pipe to {DATA_PIPE_BYTES} bytes: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
 const SIGKILL: std::ffi::c_ulong = 9;
 
 /// How often the watchdog looks at the cancel flag.
@@ -135,6 +154,16 @@ pub fn run<T>(
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    {
+        use std::os::fd::AsRawFd;
+        match data {
+            DataPipe::Stdin => stdin.iter().for_each(|pipe| enlarge_pipe(pipe.as_raw_fd())),
+            DataPipe::Stdout => stdout
+                .iter()
+                .for_each(|pipe| enlarge_pipe(pipe.as_raw_fd())),
+            DataPipe::None => {}
+        }
+    }
     let child = Mutex::new(child);
     let finished = AtomicBool::new(false);
     let tail: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
