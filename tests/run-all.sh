@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian bookworm machine: installs every tool the tests
-# need (tests/install-test-deps.sh), checks formatting and lints, then runs all tests with
-# cargo-nextest. Tests start their own servers (SeaweedFS, Azurite, fake-gcs-server) on free
+# need (tests/install-test-deps.sh), checks formatting and lints, runs all tests with
+# cargo-nextest, then builds and checks the packages (tests/packages.sh) and runs the DEB under a
+# systemd of its own (tests/systemd.sh). Tests start their own servers (SeaweedFS, Azurite, fake-gcs-server) on free
 # 127.0.0.1 ports and stop them when they end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ cargo nextest run --locked --no-fail-fast "$@"
 
 echo "== packages"
 tests/packages.sh
+
+echo "== the DEB under systemd"
+tests/systemd.sh
