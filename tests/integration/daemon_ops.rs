@@ -216,6 +216,44 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
     assert!(!log.contains(&sentry.dsn()), "the Sentry DSN in the log");
 }
 
+/// A panic in any thread reaches Sentry, with the statsd tags, through the reporting that
+/// `error_reporting::init` sets up for the daemon. Nothing makes the daemon panic on purpose, so
+/// the same reporting is driven here in the test process, on a named thread as the daemon's are.
+#[test]
+fn panics_are_reported_to_sentry_with_the_statsd_tags() {
+    let sentry = FakeSentry::start();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/myhoard.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(example).expect("reading etc/myhoard.json"))
+            .expect("parsing etc/myhoard.json");
+    config["sentry_dsn"] = sentry.dsn().into();
+    config["statsd"]["tags"] = json!({ "app": "myhoard-panic-test" });
+    let config = match myhoard::config::Config::from_value(config) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config is invalid:\n{errors}"),
+    };
+    let reporting = myhoard::error_reporting::init(&config);
+    let worker = std::thread::Builder::new()
+        .name("uploader-0".into())
+        .spawn(|| panic!("injected panic for the Sentry test"))
+        .expect("spawning a thread");
+    assert!(worker.join().is_err(), "the thread did not panic");
+    // Dropping the guard flushes what is queued, as the daemon does when it exits.
+    drop(reporting);
+    let event = sentry.wait_for(
+        "injected panic for the Sentry test",
+        Duration::from_secs(10),
+    );
+    assert!(
+        event.contains("myhoard-panic-test"),
+        "no statsd tag in {event}"
+    );
+    assert!(
+        event.contains("\"mechanism\":{\"type\":\"panic\""),
+        "not reported as a panic: {event}"
+    );
+}
+
 /// A Sentry endpoint on loopback that keeps the bodies it is sent.
 struct FakeSentry {
     port: u16,
