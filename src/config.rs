@@ -659,7 +659,7 @@ pub struct RawCompression {
     /// Absent means 0, the algorithm's default.
     #[serde(default)]
     pub level: Option<i64>,
-    /// Ours: zstd worker threads, 0 = compress on the calling thread.
+    /// Ours: zstd and snappy worker threads, 0 = compress on the calling thread.
     #[serde(default)]
     pub threads: u64,
 }
@@ -1328,10 +1328,10 @@ fn validate_compression(
         0..=256,
         "must be from 0 to 256",
     )?;
-    if threads > 0 && algorithm != Algorithm::Zstd {
+    if threads > 0 && matches!(algorithm, Algorithm::Lzma | Algorithm::None) {
         report.warn(
             &threads_path,
-            format!("only zstd uses threads; ignored for {algorithm}"),
+            format!("only zstd and snappy use threads; ignored for {algorithm}"),
         );
     }
     Some(CompressionSettings {
@@ -2444,9 +2444,10 @@ RQIDAQAB
                 vec![(THREADS, s(json!(-1)))],
                 Invalid(THREADS),
             ),
+            ("threads with snappy", vec![(THREADS, s(json!(2)))], Valid),
             (
-                "threads with snappy",
-                vec![(THREADS, s(json!(2)))],
+                "threads with lzma",
+                vec![(ALG, s(json!("lzma"))), (THREADS, s(json!(2)))],
                 Warning(THREADS),
             ),
             (

@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::parallel_snappy::ParallelSnappyWriter;
+
 /// A compression algorithm by its MyHoard name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,7 +63,8 @@ pub struct CompressionSettings {
     pub algorithm: Algorithm,
     /// 0 means the algorithm's default (zstd 3, xz preset 0), as in MyHoard.
     pub level: i32,
-    /// zstd worker threads; 0 compresses on the calling thread (rohmu's `compression_threads`).
+    /// zstd (rohmu's `compression_threads`) and snappy worker threads; 0 compresses on the
+    /// calling thread.
     pub threads: u32,
 }
 
@@ -79,6 +82,7 @@ impl Default for CompressionSettings {
 pub enum CompressWriter<W: Write> {
     // Boxed: the encoder's hash table makes it far larger than the other variants.
     Snappy(Box<snap::write::FrameEncoder<W>>),
+    SnappyParallel(ParallelSnappyWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Lzma(xz2::write::XzEncoder<W>),
     None(W),
@@ -87,6 +91,9 @@ pub enum CompressWriter<W: Write> {
 impl<W: Write> CompressWriter<W> {
     pub fn new(inner: W, settings: &CompressionSettings) -> io::Result<CompressWriter<W>> {
         Ok(match settings.algorithm {
+            Algorithm::Snappy if settings.threads > 0 => CompressWriter::SnappyParallel(
+                ParallelSnappyWriter::new(inner, settings.threads as usize)?,
+            ),
             Algorithm::Snappy => {
                 CompressWriter::Snappy(Box::new(snap::write::FrameEncoder::new(inner)))
             }
@@ -112,6 +119,7 @@ impl<W: Write> CompressWriter<W> {
                 let kind = err.error().kind();
                 io::Error::new(kind, err.error().to_string())
             }),
+            CompressWriter::SnappyParallel(encoder) => encoder.finish(),
             CompressWriter::Zstd(encoder) => encoder.finish(),
             CompressWriter::Lzma(encoder) => encoder.finish(),
             CompressWriter::None(mut inner) => {
@@ -126,6 +134,7 @@ impl<W: Write> Write for CompressWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             CompressWriter::Snappy(w) => w.write(buf),
+            CompressWriter::SnappyParallel(w) => w.write(buf),
             CompressWriter::Zstd(w) => w.write(buf),
             CompressWriter::Lzma(w) => w.write(buf),
             CompressWriter::None(w) => w.write(buf),
@@ -135,6 +144,7 @@ impl<W: Write> Write for CompressWriter<W> {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             CompressWriter::Snappy(w) => w.write_all(buf),
+            CompressWriter::SnappyParallel(w) => w.write_all(buf),
             CompressWriter::Zstd(w) => w.write_all(buf),
             CompressWriter::Lzma(w) => w.write_all(buf),
             CompressWriter::None(w) => w.write_all(buf),
@@ -144,6 +154,7 @@ impl<W: Write> Write for CompressWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             CompressWriter::Snappy(w) => w.flush(),
+            CompressWriter::SnappyParallel(w) => w.flush(),
             CompressWriter::Zstd(w) => w.flush(),
             CompressWriter::Lzma(w) => w.flush(),
             CompressWriter::None(w) => w.flush(),

@@ -14,6 +14,7 @@
 
 pub mod compress;
 pub mod encrypt;
+mod parallel_snappy;
 pub mod pipe;
 
 use std::io::{self, Read, Write};
