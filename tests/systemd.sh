@@ -96,7 +96,9 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$d
 cat >"$work/boot" <<'EOF'
 #!/bin/bash
 set -euo pipefail
-# Fresh, private file systems where systemd and the services write.
+# Fresh, private file systems where systemd and the services write (the mount points are the
+# packages' own directories; made if a minimal image lacks them).
+mkdir -p /var/log/journal /var/lib/mysql
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
