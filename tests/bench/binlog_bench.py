@@ -2,7 +2,7 @@
 """Binlog scan benchmark: `myhoard binlog inspect` against the server's own binlog tool and `cat`.
 
 Usage: tests/bench/binlog_bench.py [--dir DIR] [--flavor mariadb|mysql] [--size-mib 1100]
-                                   [--repeat 3] [--keep DIR]
+                                   [--repeat 3] [--keep DIR] [--baseline MYHOARD] [--skip-tool]
 
 Needs a set of real binlogs of at least 1 GiB. With --dir, the binlog.0* files in DIR are used;
 otherwise a throwaway server of --flavor (MariaDB from PATH, or MySQL 9.7 from
@@ -19,6 +19,10 @@ it times, best of --repeat:
   - mariadb-binlog FILES | grep -c 'GTID '                 (MySQL: mysqlbinlog | grep -c GTID_NEXT)
 and prints MB/s and the ratios against the server tool and cat. The transaction counts of
 myhoard and of the server tool must agree. Builds myhoard in release.
+
+With --baseline MYHOARD (another build, say of the previous commit), that binary's two inspect
+runs are timed in the same run too, and both outputs must be byte-identical to this build's.
+--skip-tool leaves out the server tool, the slowest part.
 """
 import argparse
 import glob
@@ -191,6 +195,8 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", help="move generated binlogs here")
+    parser.add_argument("--baseline", help="another myhoard binary to time and compare outputs with")
+    parser.add_argument("--skip-tool", action="store_true", help="do not time the server's binlog tool")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "myhoard"], cwd=ROOT, check=True)
@@ -227,26 +233,51 @@ def main():
         gtids = transactions - sum(json.loads(line)["anonymous_transactions"] for line in out.decode().splitlines())
         verbose_time, _ = best(args.repeat, f"{myhoard} binlog inspect --transactions {quoted} > /dev/null",
                                shell=True)
-        tool_time, tool_out = best(args.repeat, f"{tool} {quoted} | grep -c {pattern}", shell=True)
-        tool_gtids = int(tool_out.decode().strip() or 0)
+        baseline_times = None
+        if args.baseline:
+            baseline_time, baseline_out = best(args.repeat, [args.baseline, "binlog", "inspect"] + files)
+            baseline_verbose_time, _ = best(
+                args.repeat, f"{args.baseline} binlog inspect --transactions {quoted} > /dev/null", shell=True)
+            baseline_times = (baseline_time, baseline_verbose_time)
+            # Compared outside the timings: reading a pipe of transaction lines costs more than
+            # writing them to /dev/null.
+            _, verbose_out = timed([myhoard, "binlog", "inspect", "--transactions"] + files)
+            _, baseline_verbose_out = timed([args.baseline, "binlog", "inspect", "--transactions"] + files)
+            identical = baseline_out == out and baseline_verbose_out == verbose_out
+        if args.skip_tool:
+            tool_time, tool_gtids = None, gtids
+        else:
+            tool_time, tool_out = best(args.repeat, f"{tool} {quoted} | grep -c {pattern}", shell=True)
+            tool_gtids = int(tool_out.decode().strip() or 0)
+        tool_name = os.path.basename(tool.split()[0])
 
         def row(label, seconds):
             speed = total / seconds / 1e6
-            print(f"{label:<44}{seconds:>8.2f} s{speed:>10.0f} MB/s{tool_time / seconds:>9.1f}x{seconds / cat_time:>10.2f}")
+            versus_tool = f"{tool_time / seconds:>9.1f}x" if tool_time else f"{'-':>10}"
+            print(f"{label:<44}{seconds:>8.2f} s{speed:>10.0f} MB/s{versus_tool}{seconds / cat_time:>10.2f}")
 
         print(f"\n{'':<44}{'time':>10}{'speed':>15}{'vs tool':>10}{'vs cat':>10}")
         row("cat > /dev/null", cat_time)
         row("myhoard binlog inspect", inspect_time)
         row("myhoard binlog inspect --transactions", verbose_time)
-        row(f"{os.path.basename(tool.split()[0])} | grep GTIDs", tool_time)
-        print(f"\ntransactions: myhoard {transactions} ({gtids} with a GTID), "
-              f"{os.path.basename(tool.split()[0])} {tool_gtids} GTID events")
-        speedup = tool_time / inspect_time
+        if baseline_times:
+            row("baseline binlog inspect", baseline_times[0])
+            row("baseline binlog inspect --transactions", baseline_times[1])
+        if tool_time:
+            row(f"{tool_name} | grep GTIDs", tool_time)
+            print(f"\ntransactions: myhoard {transactions} ({gtids} with a GTID), {tool_name} {tool_gtids} GTID events")
+        else:
+            print(f"\ntransactions: myhoard {transactions} ({gtids} with a GTID)")
         vs_cat = inspect_time / cat_time
-        print(f"myhoard is {speedup:.1f}x the server tool (target >= 5x) and {vs_cat:.2f}x cat's time "
-              f"(target <= 2x)")
+        speedup = f"{tool_time / inspect_time:.1f}x the server tool (target >= 5x) and " if tool_time else ""
+        print(f"myhoard is {speedup}{vs_cat:.2f}x cat's time (target <= 2x)")
+        if baseline_times:
+            print(f"baseline is {baseline_times[0] / cat_time:.2f}x cat's time; outputs "
+                  f"{'byte-identical' if identical else 'DIFFER'}")
         if gtids != tool_gtids:
             raise SystemExit("transaction counts disagree")
+        if baseline_times and not identical:
+            raise SystemExit("the baseline's output differs")
         if args.keep and workdir:
             os.makedirs(args.keep, exist_ok=True)
             for f in files:
