@@ -5,8 +5,9 @@
 //! `FrameEncoder` cuts its input at 64 KiB multiples from the start of the stream. So blocks of
 //! whole chunks can be compressed apart: each worker runs a `FrameEncoder` over one 1 MiB block,
 //! and the writer concatenates the results in block order, dropping the stream identifier
-//! that every encoder but the first starts with. A single encoder tops out at about 350 MB/s
-//! (half of it the chunks' CRC32C), below what encryption and storage take.
+//! that every encoder but the first starts with. A single encoder tops out at 350-400 MB/s on
+//! the machines here (its raw compression alone at about 500 MB/s), while encryption runs at
+//! over 1 GB/s of compressed data.
 //!
 //! Memory: at most `2 * threads` blocks are in flight, each 1 MiB in and at most as much out.
 
