@@ -74,8 +74,11 @@ cleanup() {
         say "the journal inside, for the failure above:"
         nsenter -t "$init_pid" -a journalctl --no-pager -n 200 -o short-precise 2>&1 | indent || true
     fi
-    # SIGKILL to the namespace's PID 1 ends every process inside; the mounts go with it.
-    if [ -n "$init_pid" ]; then kill -KILL "$init_pid" 2>/dev/null || true; fi
+    # SIGKILL to the namespace's PID 1 ends every process inside; the mounts go with it. (Only
+    # while it is still unshare's child: a PID can be reused once its process is gone.)
+    if [ -n "$init_pid" ] && [ "$(ps -o ppid= -p "$init_pid" | tr -d ' ')" = "$unshare_pid" ]; then
+        kill -KILL "$init_pid" 2>/dev/null || true
+    fi
     if [ -n "$unshare_pid" ]; then wait "$unshare_pid" 2>/dev/null || true; fi
     if [ "$installed" = yes ]; then
         say "dpkg --purge myhoard"
@@ -284,6 +287,7 @@ edit_config 'config["backup_settings"]["backup_hour"] = 25'
 if inside systemctl reload myhoard 2>"$work/reload.err"; then
     die "systemctl reload succeeded with backup_hour 25"
 fi
+indent <"$work/reload.err"
 [ "$(show myhoard ActiveState)" = active ] && [ "$(show myhoard MainPID)" = "$main_pid" ] ||
     die "myhoard did not keep running after the refused reload"
 journal -u myhoard -o cat | grep 'backup_hour' >/dev/null ||
