@@ -153,6 +153,7 @@ inside() { nsenter -t "$init_pid" -a "$@"; }
 # (Pipelines from journalctl end in a grep without -q, or sed: under pipefail an early exit of the
 # reader would fail them with SIGPIPE.)
 journal() { inside journalctl --no-pager "$@"; }
+show() { inside systemctl show -p "$2" --value "$1"; }
 
 state=
 for _ in $(seq 1 120); do
@@ -200,25 +201,22 @@ inside install -D -m 0644 /usr/share/doc/myhoard/examples/mysqld-override.conf \
     /etc/systemd/system/mysql.service.d/myhoard.conf
 inside systemctl enable mariadb.service >/dev/null 2>&1
 inside systemctl daemon-reload
-case $(inside systemctl show -p DropInPaths --value mariadb) in
+case $(show mariadb DropInPaths) in
     *mysql.service.d/myhoard.conf*) ;;
     *) die "the drop-in under mysql.service.d does not apply to mariadb.service" ;;
 esac
 
-# An empty server with server id $1. The config's account is root over TCP; Debian's root is
-# unix_socket only, so it gets the config's password as a second way in (debian-start and this
-# script keep using the socket).
-fresh_server() {
-    server_cnf "$1"
-    inside mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >/dev/null
-    inside systemctl start mysql
-    inside mariadb -e "ALTER USER root@localhost
-        IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('$password')"
-}
 sql() { inside mariadb --batch --skip-column-names -e "$1"; }
 
+# An empty server. The config's account is root over TCP; Debian's root is unix_socket only, so it
+# gets the config's password as a second way in (debian-start and this script keep using the
+# socket).
 say "starting mariadb.service (as mysql.service) on an empty data directory"
-fresh_server 1
+server_cnf 1
+inside mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >/dev/null
+inside systemctl start mysql
+inside mariadb -e "ALTER USER root@localhost
+    IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('$password')"
 sql 'SELECT VERSION()' | indent
 
 # --- myhoard.service ----------------------------------------------------------------------------
@@ -233,7 +231,6 @@ exec(code)
 with open(path, "w") as f:
     json.dump(config, f, indent=4)' "$config" "$1"
 }
-show() { inside systemctl show -p "$2" --value "$1"; }
 api_get() { inside curl -sS --fail-with-body "$api$1"; }
 api_send() { inside curl -sS --fail-with-body -w '\n' -X "$1" -d "$3" "$api$2"; }
 json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }

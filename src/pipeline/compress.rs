@@ -115,10 +115,7 @@ impl<W: Write> CompressWriter<W> {
     /// Writes the format's trailer and returns the inner writer.
     pub fn finish(self) -> io::Result<W> {
         match self {
-            CompressWriter::Snappy(encoder) => encoder.into_inner().map_err(|err| {
-                let kind = err.error().kind();
-                io::Error::new(kind, err.error().to_string())
-            }),
+            CompressWriter::Snappy(encoder) => encoder.into_inner().map_err(snap_finish_error),
             CompressWriter::SnappyParallel(encoder) => encoder.finish(),
             CompressWriter::Zstd(encoder) => encoder.finish(),
             CompressWriter::Lzma(encoder) => encoder.finish(),
@@ -160,6 +157,11 @@ impl<W: Write> Write for CompressWriter<W> {
             CompressWriter::None(w) => w.flush(),
         }
     }
+}
+
+/// The error of finishing a snap `FrameEncoder` (its last chunk failed to write), as io::Error.
+pub(super) fn snap_finish_error<W>(err: snap::write::IntoInnerError<W>) -> io::Error {
+    io::Error::new(err.error().kind(), err.error().to_string())
 }
 
 /// Decompresses what it reads from `R`, a buffered reader so that the decoders work straight

@@ -16,6 +16,8 @@ use std::io::{self, Write};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::compress::snap_finish_error;
+
 /// Uncompressed bytes per chunk of the framing format.
 const CHUNK: usize = 64 << 10;
 /// Bytes per block handed to a worker: whole chunks, so the chunk boundaries do not move.
@@ -70,11 +72,7 @@ impl<W: Write> ParallelSnappyWriter<W> {
 
     /// Compresses what is left, writes everything in order and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.dispatch_block()?;
-        while !self.in_flight.is_empty() {
-            self.write_oldest()?;
-        }
-        self.inner.flush()?;
+        self.flush()?;
         Ok(self.inner)
     }
 
@@ -141,9 +139,7 @@ fn compress_block(block: &[u8]) -> io::Result<Vec<u8>> {
         STREAM_IDENTIFIER.len() + snap::raw::max_compress_len(block.len()),
     ));
     encoder.write_all(block)?;
-    encoder
-        .into_inner()
-        .map_err(|err| io::Error::new(err.error().kind(), err.error().to_string()))
+    encoder.into_inner().map_err(snap_finish_error)
 }
 
 fn workers_gone() -> io::Error {

@@ -80,10 +80,7 @@ impl Bench {
         tmp_name: &str,
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> Config {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/myhoard.json");
-        let mut config: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(example).expect("reading etc/myhoard.json"))
-                .expect("parsing etc/myhoard.json");
+        let mut config = crate::harness::daemon::example_config();
         config["mysql"] = server.myhoard_mysql_config();
         config["backup_sites"] =
             serde_json::json!({ SITE: local_site(&self.storage_dir(), &self.keys, "zstd") });

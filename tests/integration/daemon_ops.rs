@@ -222,10 +222,7 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
 #[test]
 fn panics_are_reported_to_sentry_with_the_statsd_tags() {
     let sentry = FakeSentry::start();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/myhoard.json");
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(example).expect("reading etc/myhoard.json"))
-            .expect("parsing etc/myhoard.json");
+    let mut config = daemon::example_config();
     config["sentry_dsn"] = sentry.dsn().into();
     config["statsd"]["tags"] = json!({ "app": "myhoard-panic-test" });
     let config = match myhoard::config::Config::from_value(config) {

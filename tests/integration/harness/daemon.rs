@@ -15,11 +15,15 @@ use super::{ServerProcess, free_port, wait_for_port};
 
 /// A myhoard config for `db`: the shipped example with the test's paths, site and ports, and
 /// timings shrunk for tests (rotation every `rotation_seconds`).
-pub fn config_for(db: &DbServer, dir: &Path, site: Value, http_port: u16) -> Value {
+/// `etc/myhoard.json`, the complete example config, as JSON.
+pub fn example_config() -> Value {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/myhoard.json");
-    let mut config: Value =
-        serde_json::from_str(&fs::read_to_string(example).expect("reading etc/myhoard.json"))
-            .expect("parsing etc/myhoard.json");
+    serde_json::from_str(&fs::read_to_string(example).expect("reading etc/myhoard.json"))
+        .expect("parsing etc/myhoard.json")
+}
+
+pub fn config_for(db: &DbServer, dir: &Path, site: Value, http_port: u16) -> Value {
+    let mut config = example_config();
     let state = dir.join("state");
     let temporary = dir.join("tmp");
     fs::create_dir_all(&state).expect("creating the state directory");
