@@ -45,7 +45,8 @@
 //! `Relay_Log_File`: the servers do not reliably advance it (mariadb.md §5, MyHoard PR #12).
 //! An SQL thread error is reported with its `Last_SQL_Errno`/`Last_SQL_Error`; an SQL thread
 //! that is not running for another reason (mysqld was restarted: replication never starts at
-//! boot) is started again with the same UNTIL clause.
+//! boot) is started again with the same UNTIL clause; on MariaDB, from the first transaction
+//! the server does not hold, as its saved position can lag one commit behind a `kill -9`.
 //!
 //! The server runs with [`apply_mysqld_options`] meanwhile; restarting it is the caller's job.
 //! Applied relay logs are deleted by the server itself (`relay_log_purge`); the caller counts
@@ -1025,9 +1026,7 @@ pub fn apply_batch(
                 current.stage = BatchStage::Starting;
             }
             BatchStage::Starting | BatchStage::Running => {
-                let until = current.until.as_ref().map(BatchUntil::as_apply_until);
-                client.execute(&flavor.start_sql_thread(until.as_ref())?)?;
-                current.n_sql_thread_starts += 1;
+                start_sql_thread(client, current)?;
                 current.stage = BatchStage::Running;
                 save_state(save, state)?;
                 return Ok(());
@@ -1035,6 +1034,95 @@ pub fn apply_batch(
         }
         save_state(save, state)?;
     }
+}
+
+/// Starts the batch's SQL thread with its UNTIL clause. On MariaDB a stopped SQL thread is
+/// first moved past the transactions the server already holds ([`mariadb_resume_point`]).
+fn start_sql_thread(client: &mut Client, batch: &mut BatchState) -> Result<(), Error> {
+    let flavor = client.flavor();
+    if flavor.is_mariadb()
+        && let Some(status) = client.replica_status()?
+        && !status.sql_running
+        && let Some(resume) = mariadb_resume_point(client, batch, &status)?
+    {
+        let start = RelayLogStart {
+            relay_log_file: &resume.relay_log_file,
+            relay_log_pos: resume.pos,
+            source_log: Some((&resume.source_file, resume.pos)),
+        };
+        client.execute(&flavor.change_source_to_relay_logs(&start))?;
+    }
+    let until = batch.until.as_ref().map(BatchUntil::as_apply_until);
+    client.execute(&flavor.start_sql_thread(until.as_ref())?)?;
+    batch.n_sql_thread_starts += 1;
+    Ok(())
+}
+
+/// Where a MariaDB SQL thread resumes the batch, when that is not where the server would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResumePoint {
+    relay_log_file: String,
+    source_file: String,
+    /// Offset of the GTID event of the first transaction the server does not hold.
+    pos: u64,
+}
+
+/// MariaDB keeps the SQL thread's position in `relay-log.info`, a plain file written after
+/// each commit, so a mysqld killed between a commit and that write restarts one transaction
+/// early, and replaying it again fails (ERROR 1950 under `gtid_strict_mode`, 1062 without).
+/// What is committed is known for sure from the GTIDs (`gtid_slave_pos` is updated in the
+/// transaction itself, and the binlog decides crash recovery): this reads the relay logs from
+/// the server's position and returns the first transaction it does not hold, when applied ones
+/// come before it. `None`: the server's position is right, or it is not in this batch's files
+/// (nothing to correct it with). MySQL needs none of this: its position is kept in a table,
+/// and GTID auto-skip passes over what it holds.
+fn mariadb_resume_point(
+    client: &mut Client,
+    batch: &BatchState,
+    status: &db::ReplicaStatus,
+) -> Result<Option<ResumePoint>, Error> {
+    let Some(first) = batch.files.iter().position(|file| {
+        file_name(&file.relay_log).is_ok_and(|name| name == status.relay_log_file)
+    }) else {
+        return Ok(None);
+    };
+    let held = client.gtid_state()?.executed();
+    let mut skipped_any = false;
+    for (index, file) in batch.files.iter().enumerate().skip(first) {
+        let from = if index == first {
+            status.relay_log_pos
+        } else {
+            0
+        };
+        let options = ReadOptions {
+            tail: Tail::Tolerate,
+            ..ReadOptions::default()
+        };
+        let mut reader = BinlogReader::open(&file.relay_log, options)?;
+        while let Some(transaction) = reader.next_transaction()? {
+            if transaction.start < from {
+                continue;
+            }
+            let is_held = transaction
+                .gtid
+                .as_ref()
+                .is_some_and(|gtid| in_snapshot(&held, gtid));
+            if is_held {
+                skipped_any = true;
+                continue;
+            }
+            if !skipped_any {
+                return Ok(None);
+            }
+            return Ok(Some(ResumePoint {
+                relay_log_file: file_name(&file.relay_log)?,
+                source_file: file.source_file.clone(),
+                pos: transaction.start,
+            }));
+        }
+    }
+    // Everything left is held: the batch is complete, which polling sees from the GTIDs.
+    Ok(None)
 }
 
 /// Whether `batch` is the one `current` records (the same downloads of the same binlogs).
@@ -1267,7 +1355,6 @@ pub fn poll_batch(
     wait: Duration,
     save: &mut SaveState<'_>,
 ) -> Result<Progress, Error> {
-    let flavor = client.flavor();
     let Some(batch) = state.batch.as_mut() else {
         return Err(Error::NoBatch);
     };
@@ -1298,9 +1385,7 @@ pub fn poll_batch(
                 expected: batch.expected_gtids.clone(),
             });
         }
-        let until = batch.until.as_ref().map(BatchUntil::as_apply_until);
-        client.execute(&flavor.start_sql_thread(until.as_ref())?)?;
-        batch.n_sql_thread_starts += 1;
+        start_sql_thread(client, batch)?;
         save_state(save, state)?;
         return Ok(Progress::Running {
             relay_log_file: status.relay_log_file,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chrono::DateTime;
 use myhoard::binlog::{BinlogReader, ReadOptions, Tail};
 use myhoard::config::{ClientParams, Secret};
-use myhoard::db::{BinlogStatus, Client, Flavor, GtidState, ServerGtids};
+use myhoard::db::{BinlogStatus, Client, Flavor, GtidState, RelayLogStart, ServerGtids};
 use myhoard::gtid::{Gtid, GtidSet};
 use myhoard::restore::apply::{
     self, ApplyPlan, ApplyState, BatchFile, BatchStage, BinlogFile, Progress, RestoreTarget,
@@ -339,6 +339,9 @@ fn apply_through_a_kill(
     drop(client);
     target.start_again();
     let mut client = connect(target);
+    if client.flavor().is_mariadb() {
+        rewind_relay_position(&mut client, persisted);
+    }
     let at_restart = applied(&mut client).to_gtid_set();
     eprintln!(
         "killed after applying {} of {} transactions",
@@ -353,6 +356,58 @@ fn apply_through_a_kill(
     assert!(n_restarts >= 1, "the SQL thread was not started again");
     assert_eq!(persisted.state.applied_gtids, expected);
     client
+}
+
+/// Moves the MariaDB SQL thread's position back over transactions the server holds: what a
+/// mysqld killed between a commit and its `relay-log.info` write leaves (its `kill -9` lands
+/// there now and then), made certain. The replay must skip them rather than apply them again
+/// (ERROR 1950 under `gtid_strict_mode`).
+fn rewind_relay_position(client: &mut Client, persisted: &Persisted) {
+    let status = ok(client.replica_status()).expect("a replication status after the restart");
+    assert!(!status.sql_running, "the SQL thread runs right after boot");
+    let batch = persisted.state.batch.as_ref().expect("a batch in progress");
+    let (index, file) = batch
+        .files
+        .iter()
+        .enumerate()
+        .find(|(_, file)| basename(&file.relay_log) == status.relay_log_file)
+        .unwrap_or_else(|| panic!("{status:?} is not in the batch's relay logs"));
+    let rewind_to = if index == 0 { batch.start_pos } else { 4 };
+    let held = applied(client).to_gtid_set();
+    let mut reader = ok(BinlogReader::open(
+        &file.relay_log,
+        ReadOptions {
+            tail: Tail::Tolerate,
+            ..ReadOptions::default()
+        },
+    ));
+    let mut n_held_passed_again = 0;
+    while let Some(transaction) = ok(reader.next_transaction()) {
+        if transaction.start >= rewind_to && transaction.end <= status.relay_log_pos {
+            let gtid = transaction.gtid.expect("MariaDB transactions have GTIDs");
+            assert!(
+                held.contains_gtid(&gtid),
+                "{gtid} before the position is not held"
+            );
+            n_held_passed_again += 1;
+        }
+    }
+    assert!(
+        n_held_passed_again > 0,
+        "nothing to rewind over: {status:?}, batch starts at {rewind_to}"
+    );
+    eprintln!(
+        "rewound the SQL thread from {} {} to {rewind_to}, over {n_held_passed_again} applied transactions",
+        status.relay_log_file, status.relay_log_pos
+    );
+    let flavor = client.flavor();
+    ok(
+        client.execute(&flavor.change_source_to_relay_logs(&RelayLogStart {
+            relay_log_file: &status.relay_log_file,
+            relay_log_pos: rewind_to,
+            source_log: Some((&file.source_file, rewind_to)),
+        })),
+    );
 }
 
 fn epoch_now() -> Duration {
