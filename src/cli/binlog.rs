@@ -8,9 +8,14 @@
 //!
 //! A file that cannot be read is reported on stderr with the offset at fault, and the other
 //! files are still inspected; the command then fails (exit 1) naming how many files were bad.
+//!
+//! Without `--transactions`, files are read on as many threads as there are cores and printed
+//! in the order given, the same bytes as one at a time.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -38,17 +43,21 @@ pub fn inspect(files: &[PathBuf], options: &InspectOptions, out: &mut dyn Write)
         },
         ..ReadOptions::default()
     };
-    let mut n_failed = 0;
-    for path in files {
-        match inspect_file(path, options, read_options, out)? {
-            Ok(()) => {}
-            Err(error) => {
-                // Reported here, once; the loop goes on so one bad file does not hide the rest.
-                eprintln!("myhoard: {error}");
-                n_failed += 1;
-            }
-        }
-    }
+    // With --transactions a file prints tens of megabytes, and a worker can get only
+    // CHUNKS_AHEAD of its file's output ahead of the file being printed: the files would be
+    // read one at a time anyway, and handing the output over would only cost.
+    let workers = if options.transactions {
+        1
+    } else {
+        thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(files.len())
+    };
+    let n_failed = if workers > 1 {
+        inspect_in_parallel(files, options, read_options, workers, out)?
+    } else {
+        inspect_one_at_a_time(files, options, read_options, out)?
+    };
     out.flush()?;
     if n_failed > 0 {
         bail!(
@@ -57,6 +66,147 @@ pub fn inspect(files: &[PathBuf], options: &InspectOptions, out: &mut dyn Write)
         );
     }
     Ok(())
+}
+
+/// Inspects the files in turn; returns how many could not be read.
+fn inspect_one_at_a_time(
+    files: &[PathBuf],
+    options: &InspectOptions,
+    read_options: ReadOptions,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let mut n_failed = 0;
+    for path in files {
+        if let Err(error) = inspect_file(path, options, read_options, out)? {
+            // Reported here, once; the loop goes on so one bad file does not hide the rest.
+            eprintln!("myhoard: {error}");
+            n_failed += 1;
+        }
+    }
+    Ok(n_failed)
+}
+
+/// How much of a file's output a worker may get ahead of the file being printed, in chunks of
+/// [`CHUNK_SIZE`]: a worker that is that far ahead waits, so memory stays bounded whatever the
+/// number of transactions.
+const CHUNKS_AHEAD: usize = 16;
+const CHUNK_SIZE: usize = 64 << 10;
+
+/// What a worker sends for its file: output, then how the file ended.
+enum FileOutput {
+    Chunk(Vec<u8>),
+    Failed(binlog::Error),
+}
+
+/// Inspects `workers` files at a time (a scan is bound by one core's checksum and decoding
+/// speed, and a node's binlogs are many files) and prints their output in file order, exactly
+/// as one at a time would. Returns how many files could not be read.
+fn inspect_in_parallel(
+    files: &[PathBuf],
+    options: &InspectOptions,
+    read_options: ReadOptions,
+    workers: usize,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    // Every file's job owns the sending side of its output channel, so the channel closes
+    // when the worker is done with the file.
+    let (job_sender, jobs) = crossbeam_channel::unbounded();
+    let mut outputs = Vec::with_capacity(files.len());
+    for path in files {
+        let (sender, receiver) = crossbeam_channel::bounded::<FileOutput>(CHUNKS_AHEAD);
+        outputs.push(receiver);
+        // The receiving side is right here: sending cannot fail.
+        let _ = job_sender.send((path, sender));
+    }
+    drop(job_sender);
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        for _ in 0..workers {
+            let jobs = jobs.clone();
+            let stop = &stop;
+            scope.spawn(move || {
+                for (path, sender) in jobs {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut chunks = ChunkWriter {
+                        sender: &sender,
+                        chunk: Vec::with_capacity(CHUNK_SIZE),
+                    };
+                    // An output error means the printing side is gone: it reports why.
+                    let Ok(result) = inspect_file(path, options, read_options, &mut chunks) else {
+                        break;
+                    };
+                    if chunks.flush().is_err() {
+                        break;
+                    }
+                    if let Err(error) = result
+                        && sender.send(FileOutput::Failed(error)).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        let printed = print_in_order(outputs, out);
+        if printed.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        printed
+    })
+}
+
+/// Prints each file's output as it arrives, file after file; returns how many failed.
+fn print_in_order(
+    outputs: Vec<crossbeam_channel::Receiver<FileOutput>>,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let mut n_failed = 0;
+    for output in outputs {
+        for message in output {
+            match message {
+                FileOutput::Chunk(chunk) => out.write_all(&chunk)?,
+                FileOutput::Failed(error) => {
+                    // Reported here, once, in file order.
+                    eprintln!("myhoard: {error}");
+                    n_failed += 1;
+                }
+            }
+        }
+    }
+    Ok(n_failed)
+}
+
+/// A file's output, sent on in chunks.
+struct ChunkWriter<'a> {
+    sender: &'a crossbeam_channel::Sender<FileOutput>,
+    chunk: Vec<u8>,
+}
+
+impl ChunkWriter<'_> {
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_SIZE));
+        self.sender
+            .send(FileOutput::Chunk(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the output was closed"))
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.chunk.extend_from_slice(bytes);
+        if self.chunk.len() >= CHUNK_SIZE {
+            self.send_chunk()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_chunk()
+    }
 }
 
 /// Inspects one file. The outer error is a failure to write the output, which stops
@@ -227,6 +377,101 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fixture binlogs of both flavours with a damaged copy and a missing file among them.
+    fn files_with_bad_ones(dir: &Path) -> Vec<PathBuf> {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/binlog");
+        let mut files: Vec<PathBuf> = ["mariadb", "mysql"]
+            .iter()
+            .flat_map(|flavor| {
+                let dir = fixtures.join(flavor);
+                (1..=5).map(move |n| dir.join(format!("binlog.00000{n}")))
+            })
+            .filter(|path| path.exists())
+            .collect();
+        assert!(files.len() >= 8, "the fixtures are missing: {files:?}");
+        let mut damaged = std::fs::read(&files[1]).expect("a fixture");
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x55;
+        let damaged_path = dir.join("damaged.000002");
+        std::fs::write(&damaged_path, damaged).expect("writing the damaged copy");
+        files.insert(3, damaged_path);
+        files.insert(6, dir.join("missing.000001"));
+        files
+    }
+
+    #[test]
+    fn parallel_output_is_the_one_at_a_time_output() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let files = files_with_bad_ones(dir.path());
+        for transactions in [false, true] {
+            for strict in [false, true] {
+                let options = InspectOptions {
+                    transactions,
+                    strict,
+                };
+                let read_options = ReadOptions {
+                    tail: if strict { Tail::Reject } else { Tail::Tolerate },
+                    ..ReadOptions::default()
+                };
+                let mut expected = Vec::new();
+                let n_failed = inspect_one_at_a_time(&files, &options, read_options, &mut expected)
+                    .expect("inspecting");
+                assert_eq!(n_failed, 2, "the damaged and the missing file");
+                let n_lines = String::from_utf8_lossy(&expected).lines().count();
+                assert!(n_lines >= files.len() - 2, "{n_lines} lines");
+                for workers in [2, 3, files.len() + 1] {
+                    let mut output = Vec::new();
+                    let n_failed =
+                        inspect_in_parallel(&files, &options, read_options, workers, &mut output)
+                            .expect("inspecting");
+                    assert_eq!(n_failed, 2);
+                    assert!(
+                        output == expected,
+                        "{workers} workers, transactions {transactions}, strict {strict}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An output that fails after `capacity` bytes, as a closed pipe does.
+    struct ClosingOutput {
+        capacity: usize,
+        written: usize,
+    }
+
+    impl Write for ClosingOutput {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if self.written + bytes.len() > self.capacity {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed"));
+            }
+            self.written += bytes.len();
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_stops_every_worker() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let files = files_with_bad_ones(dir.path());
+        let options = InspectOptions {
+            transactions: true,
+            strict: false,
+        };
+        let mut output = ClosingOutput {
+            capacity: 100,
+            written: 0,
+        };
+        // Returns (the scope joined every worker) with the output's error.
+        let result = inspect_in_parallel(&files, &options, ReadOptions::default(), 2, &mut output);
+        let error = result.expect_err("the output failed");
+        assert!(error.to_string().contains("closed"), "{error:#}");
+    }
 
     #[test]
     fn iso8601_dates() {
