@@ -112,6 +112,11 @@ pub struct RestoreState {
     /// goes on after it.
     #[serde(default)]
     pub last_rebuilt_table: Option<(String, String)>,
+    /// After the snapshot failed for good: no earlier backup to fall back to was found, so the
+    /// failure is final. Until then a failed snapshot is not an end, so a restart in between
+    /// still looks for one.
+    #[serde(default)]
+    pub no_earlier_backup: bool,
 }
 
 /// One file of the batch being applied.
@@ -232,6 +237,7 @@ pub fn start(ctx: Arc<Context>, options: RestoreOptions) -> anyhow::Result<Resto
             followed_streams: Vec::new(),
             last_rebuilt_table: None,
             snapshot_stream: None,
+            no_earlier_backup: false,
         },
     };
     let status = Arc::new(Mutex::new(state.clone()));
@@ -293,7 +299,7 @@ impl Coordinator {
         let metrics = self.ctx.metrics.clone();
         // A restore that had ended before this start (the daemon restarted since) is not
         // counted again.
-        let ended_before = is_terminal(self.state.phase);
+        let ended_before = self.has_ended();
         if !ended_before {
             let resumed = self.state.phase != Phase::GettingBackupInfo;
             metrics.increase(
@@ -314,8 +320,25 @@ impl Coordinator {
                     return Some(RestoreOutcome::Completed);
                 }
                 Phase::FailedBasebackup | Phase::BrokenBasebackup
-                    if !ended_before && self.switch_to_earlier_backup() =>
+                    if !self.state.no_earlier_backup =>
                 {
+                    match self.switch_to_earlier_backup() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.state.no_earlier_backup = true;
+                            self.save();
+                        }
+                        Err(err) => {
+                            self.state.errors += 1;
+                            let backoff = backoff(self.state.errors);
+                            log::error!(
+                                "listing backups for an earlier snapshot (attempt {}), retrying \
+                                 in {backoff:?}: {err:#}",
+                                self.state.errors
+                            );
+                            self.sleep(backoff);
+                        }
+                    }
                     continue;
                 }
                 phase @ (Phase::Failed | Phase::FailedBasebackup | Phase::BrokenBasebackup) => {
@@ -368,9 +391,7 @@ impl Coordinator {
                         }
                     }
                     self.state.failure = Some(message.clone());
-                    let backoff = Duration::from_secs_f64(
-                        1.5f64.powi(self.state.errors.min(12) as i32).min(60.0),
-                    );
+                    let backoff = backoff(self.state.errors);
                     log::error!(
                         "restore phase {phase:?} failed (attempt {}), retrying in {backoff:?}: \
                          {message}",
@@ -401,6 +422,15 @@ impl Coordinator {
                 "marking backup {} broken: {err}",
                 self.state.options.stream_id
             ),
+        }
+    }
+
+    /// Whether the restore is over: completed, or failed with nothing left to try (a failed
+    /// snapshot ends it only once no earlier backup was found to fall back to).
+    fn has_ended(&self) -> bool {
+        match self.state.phase {
+            Phase::FailedBasebackup | Phase::BrokenBasebackup => self.state.no_earlier_backup,
+            phase => is_terminal(phase),
         }
     }
 
@@ -471,15 +501,9 @@ impl Coordinator {
 
     /// After the snapshot failed for good (or is marked broken): starts over from the newest
     /// earlier backup, if there is one, whose binlogs then lead into this one's. Returns
-    /// whether it switched.
-    fn switch_to_earlier_backup(&mut self) -> bool {
-        let backups = match self.completed_backups() {
-            Ok(backups) => backups,
-            Err(err) => {
-                log::error!("listing backups for an earlier snapshot: {err:#}");
-                return false;
-            }
-        };
+    /// whether it switched; an error is a failure to list the backups, worth retrying.
+    fn switch_to_earlier_backup(&mut self) -> anyhow::Result<bool> {
+        let backups = self.completed_backups()?;
         let failed = self.snapshot_stream_id().to_owned();
         let Some(failed_at) = backups
             .iter()
@@ -487,7 +511,10 @@ impl Coordinator {
             .and_then(|b| b.completed_at)
             .or_else(|| self.state.basebackup_info.as_ref().map(|info| info.end_ts))
         else {
-            return false;
+            log::error!(
+                "no completion time known for {failed}, so no earlier backup to fall back to: the restore fails"
+            );
+            return Ok(false);
         };
         let Some(earlier) = backups
             .into_iter()
@@ -495,7 +522,7 @@ impl Coordinator {
             .find(|b| b.completed_at.is_some_and(|at| at < failed_at) && b.stream_id != failed)
         else {
             log::error!("no backup completed before {failed} to fall back to: the restore fails");
-            return false;
+            return Ok(false);
         };
         log::warn!(
             "the snapshot of {failed} cannot be restored ({}); falling back to the earlier \
@@ -530,7 +557,7 @@ impl Coordinator {
         self.state.server_options = None;
         self.state.errors = 0;
         self.set_phase(Phase::GettingBackupInfo);
-        true
+        Ok(true)
     }
 
     fn step(&mut self) -> anyhow::Result<()> {
@@ -1353,6 +1380,11 @@ fn binlogs_needed(
         needed.push(binlog);
     }
     needed
+}
+
+/// The backoff before retry `attempt` (from 1) of a failed step: 1.5 s growing to a minute.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs_f64(1.5f64.powi(attempt.min(12) as i32).min(60.0))
 }
 
 fn is_terminal(phase: Phase) -> bool {

@@ -249,13 +249,45 @@ fn falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(flavor: Flavor)
     bytes[middle] ^= 0x5a;
     std::fs::write(&snapshot, bytes).expect("writing the snapshot object");
 
+    // At first the earlier backup is out of sight, so the corrupt snapshot ends the restore.
+    let first_dir = storage_dir
+        .path()
+        .join(layout::stream_prefix("default", &first_id));
+    let hidden_dir = storage_dir.path().join("hidden-first-backup");
+    std::fs::rename(&first_dir, &hidden_dir).expect("hiding the first backup");
     let mut target = restore_target(flavor, &site, 2, |config| {
         config["restore_auto_mark_backups_broken"] = true.into();
     });
-    restore_and_wait(
-        &target,
-        json!({"mode": "restore", "site": "default", "stream_id": second_id}),
-    );
+    let request = json!({"mode": "restore", "site": "default", "stream_id": second_id});
+    let (status, body) = target.daemon.put("/status", request);
+    assert_eq!(status, 200, "{body}");
+    target
+        .daemon
+        .wait_for("the restore to fail", Duration::from_secs(300), |d| {
+            let (code, status) = d.get("/status/restore");
+            let failed = code == 200 && status["phase"] == "failed_basebackup";
+            (failed && d.log_text().contains("the restore fails")).then_some(())
+        });
+
+    // A daemon killed after saving the failure and before looking for an earlier backup
+    // leaves the search undone in its state; restarted, it looks, and the first backup (back
+    // in sight) is found.
+    target.daemon.kill9();
+    std::fs::rename(&hidden_dir, &first_dir).expect("bringing the first backup back");
+    let state_path = target
+        .daemon
+        .dir()
+        .join("state")
+        .join("restore_coordinator_state.json");
+    let mut state: Value =
+        serde_json::from_slice(&std::fs::read(&state_path).expect("reading the restore state"))
+            .expect("the restore state is JSON");
+    assert_eq!(state["phase"], "failed_basebackup", "{state}");
+    assert_eq!(state["no_earlier_backup"], true, "{state}");
+    state["no_earlier_backup"] = false.into();
+    std::fs::write(&state_path, state.to_string()).expect("writing the restore state");
+    target.daemon.start_again();
+    target.daemon.wait_mode("observe", Duration::from_secs(600));
     let log = target.daemon.log_text();
     assert!(
         log.contains(&format!("falling back to the earlier backup {first_id}")),
