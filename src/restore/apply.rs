@@ -1087,7 +1087,15 @@ fn mariadb_resume_point(
         return Ok(None);
     };
     let held = client.gtid_state()?.executed();
-    let mut skipped_any = false;
+    let resume_at = |file: &HandedOverFile, pos| -> Result<Option<ResumePoint>, Error> {
+        Ok(Some(ResumePoint {
+            relay_log_file: file_name(&file.relay_log)?,
+            source_file: file.source_file.clone(),
+            pos,
+        }))
+    };
+    // The end of the last held transaction passed over, in which file.
+    let mut skipped: Option<(&HandedOverFile, u64)> = None;
     for (index, file) in batch.files.iter().enumerate().skip(first) {
         let from = if index == first {
             status.relay_log_pos
@@ -1108,21 +1116,21 @@ fn mariadb_resume_point(
                 .as_ref()
                 .is_some_and(|gtid| in_snapshot(&held, gtid));
             if is_held {
-                skipped_any = true;
+                skipped = Some((file, transaction.end));
                 continue;
             }
-            if !skipped_any {
-                return Ok(None);
-            }
-            return Ok(Some(ResumePoint {
-                relay_log_file: file_name(&file.relay_log)?,
-                source_file: file.source_file.clone(),
-                pos: transaction.start,
-            }));
+            return match skipped {
+                Some(_) => resume_at(file, transaction.start),
+                None => Ok(None),
+            };
         }
     }
-    // Everything left is held: the batch is complete, which polling sees from the GTIDs.
-    Ok(None)
+    // Everything left is held (the SQL thread then has nothing to do and polling sees the
+    // batch complete from the GTIDs): after the last transaction, not where it would replay.
+    match skipped {
+        Some((file, end)) => resume_at(file, end),
+        None => Ok(None),
+    }
 }
 
 /// Whether `batch` is the one `current` records (the same downloads of the same binlogs).
