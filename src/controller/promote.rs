@@ -102,19 +102,20 @@ pub enum Takeover {
     },
 }
 
-/// How long applying the missing binlogs may take before promotion gives up on this attempt.
+/// How long applying one batch of the missing binlogs may take before promotion gives up on
+/// this attempt.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Downloads the stored binlogs from the first holding a transaction the server lacks, and
-/// applies them with the relay-log replay. Returns how many files were applied. Runs on a
-/// task thread.
+/// applies them with the relay-log replay, in batches that each fit in
+/// `restore_max_binlog_bytes` of disk, as a restore does: each batch is downloaded, applied and
+/// deleted before the next. Returns how many files were applied. Runs on a task thread.
 pub fn apply_missing(ctx: &Context, site: &str, binlogs: &[BinlogInfo]) -> anyhow::Result<usize> {
     let handle = ctx
         .sites
         .get(site)
         .with_context(|| format!("unknown backup site {site}"))?;
     let mut client = Client::connect(&ctx.config.mysql.client_params)?;
-    let flavor = client.flavor();
     let executed = client.executed_gtids()?.to_gtid_set();
     let first_missing = binlogs
         .iter()
@@ -123,72 +124,111 @@ pub fn apply_missing(ctx: &Context, site: &str, binlogs: &[BinlogInfo]) -> anyho
         return Ok(0);
     };
     let mysql = &ctx.config.mysql;
-    let mut files = Vec::new();
     let cleanup = |files: &[BinlogFile]| {
         for file in files {
             let _ = std::fs::remove_file(&file.path);
         }
     };
-    for binlog in &binlogs[first_missing..] {
-        let index = binlog.remote_index.unwrap_or(0);
-        let path = PathBuf::from(format!(
-            "{}.promote.{index:06}",
-            mysql.relay_log_prefix.display()
-        ));
-        log::info!(
-            "promotion: fetching stored binlog {index} ({})",
-            binlog.file_name
-        );
-        if let (Err(message), _) =
-            download_binlog(handle.storage.as_ref(), &handle.private_key, binlog, &path)
-        {
-            cleanup(&files);
-            anyhow::bail!("downloading binlog {index}: {message}");
-        }
-        files.push(BinlogFile {
-            path,
-            source_file: binlog.file_name.clone(),
-            start_pos: apply::BINLOG_START,
-        });
-    }
-    let result = (|| -> anyhow::Result<usize> {
-        let plan = apply::plan(flavor, &executed, &files, &RestoreTarget::Latest)?;
-        let batch: Vec<BatchFile> = plan
-            .files_to_apply()
-            .map(|(index, planned)| BatchFile {
-                path: files[index].path.clone(),
-                plan: planned.clone(),
-            })
-            .collect();
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        // A crash starts this step over from the server's GTIDs: nothing to persist.
-        let mut save = |_: &ApplyState| Ok(());
-        let mut state = ApplyState::new(
-            mysql.relay_log_prefix.clone(),
-            mysql.relay_log_index_file.clone(),
-        );
-        apply::prepare_server(&mut client, &mut state, &executed, &mut save)?;
-        apply::apply_batch(&mut client, &mut state, &batch, &mut save)?;
-        let deadline = Instant::now() + APPLY_TIMEOUT;
-        loop {
-            match apply::poll_batch(&mut client, &mut state, Duration::from_secs(5), &mut save)? {
-                Progress::Done => break,
-                Progress::Failed { errno, message } => {
-                    anyhow::bail!("the SQL thread failed: {errno} {message}")
-                }
-                Progress::Running { .. } if Instant::now() > deadline => {
-                    anyhow::bail!("not applied within {APPLY_TIMEOUT:?}")
-                }
-                Progress::Running { .. } => {}
+    // A crash starts this step over from the server's GTIDs: nothing to persist.
+    let mut save = |_: &ApplyState| Ok(());
+    let mut state = ApplyState::new(
+        mysql.relay_log_prefix.clone(),
+        mysql.relay_log_index_file.clone(),
+    );
+    let mut held = executed;
+    let mut n_applied = 0;
+    let missing = &binlogs[first_missing..];
+    let budget = ctx.config.restore.max_binlog_bytes;
+    for batch in batches_within(missing, |binlog| binlog.file_size, budget) {
+        let mut files = Vec::with_capacity(batch.len());
+        for binlog in batch {
+            let index = binlog.remote_index.unwrap_or(0);
+            let path = PathBuf::from(format!(
+                "{}.promote.{index:06}",
+                mysql.relay_log_prefix.display()
+            ));
+            log::info!(
+                "promotion: fetching stored binlog {index} ({})",
+                binlog.file_name
+            );
+            if let (Err(message), _) =
+                download_binlog(handle.storage.as_ref(), &handle.private_key, binlog, &path)
+            {
+                cleanup(&files);
+                anyhow::bail!("downloading binlog {index}: {message}");
             }
+            files.push(BinlogFile {
+                path,
+                source_file: binlog.file_name.clone(),
+                start_pos: apply::BINLOG_START,
+            });
         }
+        let result = apply_files(&mut client, &mut state, &held, &files, &mut save);
+        cleanup(&files);
+        n_applied += result?;
+        held = state.applied_gtids.clone();
+    }
+    if state.prepared {
         apply::finish(&mut client, &mut state, &mut save)?;
-        Ok(batch.len())
-    })();
-    cleanup(&files);
-    result
+    }
+    Ok(n_applied)
+}
+
+/// Consecutive runs of `files` whose sizes add up to at most `budget` bytes, each at least one
+/// file (a file larger than the budget goes alone).
+fn batches_within<T>(files: &[T], size: impl Fn(&T) -> u64, budget: u64) -> Vec<&[T]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut used = 0u64;
+    for (index, file) in files.iter().enumerate() {
+        if index > start && used.saturating_add(size(file)) > budget {
+            batches.push(&files[start..index]);
+            start = index;
+            used = 0;
+        }
+        used = used.saturating_add(size(file));
+    }
+    if start < files.len() {
+        batches.push(&files[start..]);
+    }
+    batches
+}
+
+/// Applies the downloaded `files` on top of `held` (what the server has) and waits until they
+/// are applied; returns how many of them had transactions to apply.
+fn apply_files(
+    client: &mut Client,
+    state: &mut ApplyState,
+    held: &GtidSet,
+    files: &[BinlogFile],
+    save: &mut apply::SaveState<'_>,
+) -> anyhow::Result<usize> {
+    let plan = apply::plan(client.flavor(), held, files, &RestoreTarget::Latest)?;
+    let batch: Vec<BatchFile> = plan
+        .files_to_apply()
+        .map(|(index, planned)| BatchFile {
+            path: files[index].path.clone(),
+            plan: planned.clone(),
+        })
+        .collect();
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    apply::prepare_server(client, state, held, save)?;
+    apply::apply_batch(client, state, &batch, save)?;
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    loop {
+        match apply::poll_batch(client, state, Duration::from_secs(5), save)? {
+            Progress::Done => return Ok(batch.len()),
+            Progress::Failed { errno, message } => {
+                anyhow::bail!("the SQL thread failed: {errno} {message}")
+            }
+            Progress::Running { .. } if Instant::now() > deadline => {
+                anyhow::bail!("not applied within {APPLY_TIMEOUT:?}")
+            }
+            Progress::Running { .. } => {}
+        }
+    }
 }
 
 /// Writes our promotion record to each stream of `backups` worth taking over (see the module
@@ -444,6 +484,35 @@ impl Controller {
         if skipped.is_some() || stream.state.valid_local_binlog_found {
             stream.state.updated_at = now_epoch();
             self.persist_stream(stream_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_fit_the_budget() {
+        /// The file sizes, the budget, and the batches as sizes.
+        type Case = (&'static [u64], u64, &'static [&'static [u64]]);
+        let cases: &[Case] = &[
+            (&[], 10, &[]),
+            (&[4], 10, &[&[4]]),
+            (&[4, 6], 10, &[&[4, 6]]),
+            (&[4, 7], 10, &[&[4], &[7]]),
+            (&[3, 3, 3, 3], 6, &[&[3, 3], &[3, 3]]),
+            // Larger than the budget: alone, never skipped.
+            (&[25], 10, &[&[25]]),
+            (&[2, 25, 2], 10, &[&[2], &[25], &[2]]),
+            (&[0, 0, 10, 0], 10, &[&[0, 0, 10, 0]]),
+            (&[u64::MAX, 1], 10, &[&[u64::MAX], &[1]]),
+            // A budget no sum exceeds.
+            (&[u64::MAX, 1], u64::MAX, &[&[u64::MAX, 1]]),
+        ];
+        for &(sizes, budget, expected) in cases {
+            let batches = batches_within(sizes, |size| *size, budget);
+            assert_eq!(batches, expected, "{sizes:?} within {budget}");
         }
     }
 }

@@ -73,7 +73,10 @@ fn survives_a_failover(flavor: Flavor) {
         .as_str()
         .expect("a stream id")
         .to_owned();
-    let standby_daemon = daemon_for(&standby, dirs[1].path(), &site, "observe");
+    // Promotion catches up in batches within restore_max_binlog_bytes: one binlog each here.
+    let standby_daemon = daemon_with(&standby, dirs[1].path(), &site, "observe", |config| {
+        config["restore_max_binlog_bytes"] = 1.into();
+    });
     // The other standby purges its binlogs once the backup stores their transactions.
     let other_daemon = daemon_with(&other_standby, dirs[2].path(), &site, "observe", |config| {
         config["binlog_purge_settings"]["enabled"] = true.into();
@@ -112,8 +115,11 @@ fn survives_a_failover(flavor: Flavor) {
     standby.sql("SET GLOBAL read_only = OFF");
     refused("read_only off");
     standby.sql("SET GLOBAL read_only = ON");
-    load_phase(&master, 3, 3);
-    master_daemon.rotate_and_wait();
+    // At least two binlogs the standby lacks.
+    for seed in [3, 7] {
+        load_phase(&master, 2, seed);
+        master_daemon.rotate_and_wait();
+    }
     other_standby.wait_until_caught_up(&master, CAUGHT_UP);
     let at_failover = checkpoint(&master);
     assert_ne!(
@@ -133,6 +139,14 @@ fn survives_a_failover(flavor: Flavor) {
         standby.checksum_all_tables(),
         at_failover.checksums,
         "the promoted standby lacks what the backup stored"
+    );
+    let n_fetched = standby_daemon
+        .log_text()
+        .matches("promotion: fetching stored binlog")
+        .count();
+    assert!(
+        n_fetched >= 2,
+        "{n_fetched} binlogs fetched, in batches of one"
     );
     standby.sql("SET GLOBAL read_only = OFF");
 
