@@ -340,6 +340,53 @@ pub fn valid_binlog_sequence(
     Ok(valid)
 }
 
+/// What a server being promoted does with its own `promotions/<server_id>` record in a stream
+/// it takes over. The layout holds one record per server, so a record can only be moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnPromotion {
+    /// No record of ours, or one a crashed attempt of this promotion left before anything was
+    /// uploaded under it: write it at the next index (the two-look protocol).
+    Write,
+    /// Our record still owns the stream's last indexes (we started the stream, or uploaded
+    /// under it) and nobody was promoted since: it stays as it is; moving it would leave the
+    /// indexes it covers without their owner.
+    Keep,
+    /// Another server was promoted after our record: taking the stream back would need a
+    /// second record of ours, which the layout cannot hold.
+    Superseded { by: u32, start_index: u64 },
+}
+
+/// Decides [`OwnPromotion`] for `server_id` from the stream's records and its valid binlogs
+/// ([`valid_binlog_sequence`] over those records).
+pub fn own_promotion(
+    promotions: &[Promotion],
+    valid: &[BinlogInfo],
+    server_id: u32,
+) -> OwnPromotion {
+    let Some(own) = promotions.iter().find(|p| p.server_id == server_id) else {
+        return OwnPromotion::Write;
+    };
+    let later = promotions.iter().find(|p| {
+        p.server_id != server_id
+            && (p.start_index > own.start_index
+                || (p.start_index == own.start_index && p.promoted_at > own.promoted_at))
+    });
+    if let Some(later) = later {
+        return OwnPromotion::Superseded {
+            by: later.server_id,
+            start_index: later.start_index,
+        };
+    }
+    let uploaded_under_it = valid.iter().any(|binlog| {
+        binlog.server_id == server_id && binlog.remote_index.unwrap_or(0) >= own.start_index
+    });
+    if own.start_index == 1 || uploaded_under_it {
+        OwnPromotion::Keep
+    } else {
+        OwnPromotion::Write
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +451,73 @@ mod tests {
         assert!(a < b);
         assert!(a.contains("+00:00_"), "{a}");
         assert_ne!(new_stream_id(earlier), new_stream_id(earlier));
+    }
+
+    #[test]
+    fn own_promotion_record() {
+        use OwnPromotion::{Keep, Superseded, Write};
+        const OURS: u32 = 7;
+        // (records as (start_index, server_id, promoted_at), valid binlogs as (index, server_id),
+        //  decision)
+        type Case = (
+            &'static [(u64, u32, f64)],
+            &'static [(u64, u32)],
+            OwnPromotion,
+        );
+        let cases: &[Case] = &[
+            // A first promotion: the old master's record only.
+            (&[(1, 1, 1.0)], &[(1, 1), (2, 1)], Write),
+            // A crashed attempt of this promotion left our record, nothing uploaded under it.
+            (&[(1, 1, 1.0), (3, OURS, 2.0)], &[(1, 1), (2, 1)], Write),
+            // We started the stream (a backup writes start_index 1) and nobody was promoted.
+            (&[(1, OURS, 1.0)], &[(1, OURS), (2, OURS)], Keep),
+            (&[(1, OURS, 1.0)], &[], Keep),
+            // We were promoted once, uploaded, and are promoted again: nobody in between.
+            (
+                &[(1, 1, 1.0), (3, OURS, 2.0)],
+                &[(1, 1), (2, 1), (3, OURS)],
+                Keep,
+            ),
+            // Failback: we started the stream, server 2 took it over at index 5.
+            (
+                &[(1, OURS, 1.0), (5, 2, 2.0)],
+                &[(1, OURS), (4, OURS), (5, 2)],
+                Superseded {
+                    by: 2,
+                    start_index: 5,
+                },
+            ),
+            // Taken over at the very index of our record, later.
+            (
+                &[(1, 1, 1.0), (3, OURS, 2.0), (3, 2, 3.0)],
+                &[(1, 1), (2, 1)],
+                Superseded {
+                    by: 2,
+                    start_index: 3,
+                },
+            ),
+            // An older record at our index lost to OURS: it does not count.
+            (
+                &[(1, 1, 1.0), (3, 2, 1.5), (3, OURS, 2.0)],
+                &[(1, 1), (2, 1)],
+                Write,
+            ),
+        ];
+        for (records, valid, expected) in cases {
+            let promotions: Vec<Promotion> = records
+                .iter()
+                .map(|&(start, server_id, at)| promotion(start, server_id, at))
+                .collect();
+            let valid: Vec<BinlogInfo> = valid
+                .iter()
+                .map(|&(index, server_id)| binlog(index, server_id))
+                .collect();
+            assert_eq!(
+                &own_promotion(&promotions, &valid, OURS),
+                expected,
+                "{records:?} {valid:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,14 @@
 //!    finished in between is valid after all, and if the next index moved, the record is
 //!    written again with it. (MyHoard's two-step write; it closes the race where a reader
 //!    could use an old-master binlog the new master then overwrites in its timeline.)
+//!
+//!    The layout holds one record per server, so a record of ours already there can only be
+//!    moved ([`layout::own_promotion`]). It is kept as it is while it still owns the stream's
+//!    last binlogs (we started the stream, or uploaded under it) and nobody was promoted
+//!    since. When another server was promoted after it (a failback to the old master), the
+//!    stream is not taken over: moving our record would leave the indexes it covers without
+//!    their owner and make the whole stream unreadable (no record from index 1). A new backup
+//!    starts instead, as when there is no stream to take over.
 //! 3. The stream's stored GTIDs (snapshot plus valid binlogs) must all be executed here. When
 //!    some are not (replication was behind when the master died), the stored binlogs holding
 //!    them are downloaded and applied through the server's own replication applier (the
@@ -27,7 +35,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::backup_stream::layout::{self, BinlogInfo, Promotion};
+use crate::backup_stream::layout::{self, BinlogInfo, OwnPromotion, Promotion};
 use crate::backup_stream::remote::{self, BackupEntry};
 use crate::db::Client;
 use crate::gtid::GtidSet;
@@ -248,7 +256,7 @@ pub fn take_over(
         let storage = site.storage.as_ref();
         let prefix = layout::stream_prefix(&backup.site, &backup.stream_id);
         let key = layout::promotion_key(&prefix, server_id);
-        let next_index = |ignore_own: bool| -> anyhow::Result<(u64, Vec<_>)> {
+        let look = |ignore_own: bool| -> anyhow::Result<(u64, Vec<_>, Vec<Promotion>)> {
             let binlogs = remote::list_remote_binlogs(storage, &prefix)?;
             let mut promotions = remote::list_promotions(storage, &prefix)?;
             if ignore_own {
@@ -259,7 +267,10 @@ pub fn take_over(
                 .last()
                 .and_then(|b| b.remote_index)
                 .map_or(1, |i| i + 1);
-            Ok((next, valid))
+            Ok((next, valid, promotions))
+        };
+        let next_index = |ignore_own: bool| -> anyhow::Result<(u64, Vec<_>)> {
+            look(ignore_own).map(|(next, valid, _)| (next, valid))
         };
         let write_record = |start_index: u64| -> anyhow::Result<()> {
             let promotion = Promotion {
@@ -269,19 +280,42 @@ pub fn take_over(
             };
             remote::put_marker(storage, &key, &promotion).with_context(|| format!("writing {key}"))
         };
-        let (first_look, _) = next_index(false)
-            .with_context(|| format!("listing the binlogs of {}", backup.stream_id))?;
-        write_record(first_look)?;
-        let (second_look, binlogs) = next_index(true)
-            .with_context(|| format!("listing the binlogs of {}", backup.stream_id))?;
-        if second_look != first_look {
-            log::info!(
-                "stream {}: the old master stored binlogs up to {} meanwhile",
-                backup.stream_id,
-                second_look - 1
-            );
-            write_record(second_look)?;
-        }
+        let listing = || format!("listing the binlogs of {}", backup.stream_id);
+        let (first_look, valid, promotions) = look(false).with_context(listing)?;
+        let (second_look, binlogs) = match layout::own_promotion(&promotions, &valid, server_id) {
+            OwnPromotion::Superseded { by, start_index } => {
+                log::warn!(
+                    "stream {}: not taken over: this server's promotions record was superseded \
+                     by server {by}'s from binlog index {start_index}, and taking the stream \
+                     back would need a second record of this server, which the layout cannot \
+                     hold (moving ours would leave the indexes it covers without their \
+                     owner); a new backup starts instead",
+                    backup.stream_id
+                );
+                continue;
+            }
+            OwnPromotion::Keep => {
+                log::info!(
+                    "stream {}: this server's promotions record still owns the stream's last \
+                     binlogs and stays as it is",
+                    backup.stream_id
+                );
+                (first_look, valid)
+            }
+            OwnPromotion::Write => {
+                write_record(first_look)?;
+                let (second_look, binlogs) = next_index(true).with_context(listing)?;
+                if second_look != first_look {
+                    log::info!(
+                        "stream {}: the old master stored binlogs up to {} meanwhile",
+                        backup.stream_id,
+                        second_look - 1
+                    );
+                    write_record(second_look)?;
+                }
+                (second_look, binlogs)
+            }
+        };
         log::info!(
             "stream {}: binlogs from index {second_look} on are ours",
             backup.stream_id

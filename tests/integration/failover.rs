@@ -296,3 +296,115 @@ fn mariadb_promotion_without_a_resumable_stream_starts_a_new_one() {
 fn mysql_promotion_without_a_resumable_stream_starts_a_new_one() {
     promotion_without_a_resumable_stream(Flavor::MySql);
 }
+
+/// Failback: the master (server 1, which started the backup stream) fails over to its
+/// standby (server 2), rejoins as the new master's standby under a fresh daemon, and is then
+/// promoted again. MyHoard's layout holds one `promotions/<server_id>` record per server, so
+/// taking the stream back would have to move server 1's record from index 1, and the stream
+/// would have no owner from index 1 on: unreadable for every reader. The re-promoted server
+/// leaves the stream as it is and starts a backup of its own. Which records a promotion writes
+/// is storage logic, the same for both flavours; MariaDB runs it.
+#[test]
+fn mariadb_failback_leaves_the_stream_readable_and_starts_a_new_backup() {
+    let flavor = Flavor::MariaDb;
+    let Some(site) = site("failback") else {
+        return;
+    };
+    let Some(master) = DbServer::start(flavor, db_options(flavor, 1)) else {
+        return;
+    };
+    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
+    standby.replicate_from(&master);
+    load_phase(&master, 2, 1);
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut master_daemon = daemon_for(&master, dirs[0].path(), &site, "active");
+    let backup = master_daemon.wait_completed_backup(Duration::from_secs(300));
+    let stream_id = backup["stream_id"]
+        .as_str()
+        .expect("a stream id")
+        .to_owned();
+    let standby_daemon = daemon_for(&standby, dirs[1].path(), &site, "observe");
+    load_phase(&master, 2, 2);
+    master_daemon.rotate_and_wait();
+    standby.wait_until_caught_up(&master, CAUGHT_UP);
+
+    // Failover: the master stops (its daemon too), the standby takes the stream over.
+    master.sql("SET GLOBAL read_only = ON");
+    assert!(
+        master_daemon.stop(),
+        "the master's daemon did not stop cleanly"
+    );
+    stop_replication(&standby);
+    standby.sql("SET GLOBAL read_only = ON");
+    let (status, body) = standby_daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    standby_daemon.wait_mode("active", Duration::from_secs(180));
+    standby.sql("SET GLOBAL read_only = OFF");
+
+    // The old master rejoins as the new master's standby, with a fresh daemon, replicating
+    // from the transactions its binlog holds.
+    master.sql("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos");
+    master.replicate_from(&standby);
+    let rejoined_daemon = daemon_for(&master, dirs[2].path(), &site, "observe");
+    load_phase(&standby, 2, 3);
+    standby_daemon.rotate_and_wait();
+    master.wait_until_caught_up(&standby, CAUGHT_UP);
+
+    // Failback.
+    standby.sql("SET GLOBAL read_only = ON");
+    stop_replication(&master);
+    let (status, body) = rejoined_daemon.put("/status", json!({"mode": "active"}));
+    assert_eq!(status, 200, "{body}");
+    rejoined_daemon.wait_mode("active", Duration::from_secs(180));
+    assert!(
+        rejoined_daemon
+            .log_text()
+            .contains(&format!("stream {stream_id}: not taken over")),
+        "{}",
+        rejoined_daemon.log_tail()
+    );
+    master.sql("SET GLOBAL read_only = OFF");
+    let new_backup = rejoined_daemon.wait_for(
+        "the re-promoted server's own backup",
+        Duration::from_secs(300),
+        |d| {
+            d.backups().into_iter().find(|b| {
+                b["stream_id"] != stream_id.as_str()
+                    && b["completed_at"].is_number()
+                    && b["basebackup_info"]["uploaded_from"] == 1
+            })
+        },
+    );
+    drop(standby_daemon);
+
+    // The stream still has its record from index 1 and reads as one gapless sequence of both
+    // servers' binlogs.
+    let objects = stored_objects(&dirs[0].path().join("myhoard.json"));
+    let in_stream = |part: &str| {
+        let prefix = format!("{stream_id}/{part}");
+        objects
+            .iter()
+            .filter(move |o| o["key"].as_str().is_some_and(|k| k.contains(&prefix)))
+    };
+    let promotions: Vec<Promotion> = in_stream("promotions/").filter_map(metadata).collect();
+    let own = promotions
+        .iter()
+        .find(|p| p.server_id == 1)
+        .expect("server 1's record");
+    assert_eq!(
+        own.start_index, 1,
+        "server 1's record was moved: {promotions:?}"
+    );
+    let binlogs: Vec<BinlogInfo> = in_stream("binlogs/").filter_map(metadata).collect();
+    let valid = myhoard::backup_stream::layout::valid_binlog_sequence(binlogs, &promotions)
+        .expect("the stream reads as one sequence");
+    for server_id in [1, 2] {
+        assert!(
+            valid.iter().any(|b| b.server_id == server_id),
+            "no valid binlog of server {server_id}: {valid:?}"
+        );
+    }
+    assert_ne!(new_backup["stream_id"], stream_id.as_str());
+}
