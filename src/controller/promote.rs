@@ -39,7 +39,7 @@ use crate::backup_stream::layout::{self, BinlogInfo, OwnPromotion, Promotion};
 use crate::backup_stream::remote::{self, BackupEntry};
 use crate::db::Client;
 use crate::gtid::GtidSet;
-use crate::restore::apply::{self, ApplyState, BatchFile, BinlogFile, Progress, RestoreTarget};
+use crate::restore::apply::{self, ApplyState, BinlogFile, Progress, RestoreTarget};
 use crate::restore::coordinator::download_binlog;
 use anyhow::Context as _;
 
@@ -211,14 +211,8 @@ fn apply_files(
     files: &[BinlogFile],
     save: &mut apply::SaveState<'_>,
 ) -> anyhow::Result<usize> {
-    let plan = apply::plan(client.flavor(), held, files, &RestoreTarget::Latest)?;
-    let batch: Vec<BatchFile> = plan
-        .files_to_apply()
-        .map(|(index, planned)| BatchFile {
-            path: files[index].path.clone(),
-            plan: planned.clone(),
-        })
-        .collect();
+    let batch =
+        apply::plan(client.flavor(), held, files, &RestoreTarget::Latest)?.batch_files(files);
     if batch.is_empty() {
         return Ok(0);
     }

@@ -411,6 +411,19 @@ impl ApplyPlan {
             .filter(|(_, file)| file.is_applied())
     }
 
+    /// The files to hand over, as a batch of `files`: the downloads the plan was made from, in
+    /// the same order.
+    pub fn batch_files(&self, files: &[BinlogFile]) -> Vec<BatchFile> {
+        self.files_to_apply()
+            .filter_map(|(index, planned)| {
+                files.get(index).map(|file| BatchFile {
+                    path: file.path.clone(),
+                    plan: planned.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Every header server id among the transactions to apply.
     pub fn server_ids(&self) -> BTreeSet<u32> {
         self.files

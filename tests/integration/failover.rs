@@ -235,19 +235,29 @@ fn mysql_backup_chain_survives_a_failover() {
     survives_a_failover(Flavor::MySql);
 }
 
+/// A site on the shared bucket for `hint`, a master (server 1) and a standby (server 2)
+/// replicating from it, after `load_seconds` of load on the master. `None` where the site or
+/// the servers cannot be had (outside CI).
+fn master_and_standby(
+    flavor: Flavor,
+    hint: &str,
+    load_seconds: u64,
+) -> Option<(Value, DbServer, DbServer)> {
+    let site = site(hint)?;
+    let master = DbServer::start(flavor, db_options(flavor, 1))?;
+    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
+    standby.replicate_from(&master);
+    load_phase(&master, load_seconds, 1);
+    Some((site, master, standby))
+}
+
 /// Promotion while the master's backup is not resumable (its snapshot never finished: the
 /// master's daemon died during it): the promoted standby starts a backup stream of its own,
 /// which restores to the new master's data.
 fn promotion_without_a_resumable_stream(flavor: Flavor) {
-    let Some(site) = site("promote-new") else {
+    let Some((site, master, standby)) = master_and_standby(flavor, "promote-new", 3) else {
         return;
     };
-    let Some(master) = DbServer::start(flavor, db_options(flavor, 1)) else {
-        return;
-    };
-    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
-    standby.replicate_from(&master);
-    load_phase(&master, 3, 1);
     let dirs: Vec<tempfile::TempDir> = (0..2)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
@@ -307,15 +317,9 @@ fn mysql_promotion_without_a_resumable_stream_starts_a_new_one() {
 #[test]
 fn mariadb_failback_leaves_the_stream_readable_and_starts_a_new_backup() {
     let flavor = Flavor::MariaDb;
-    let Some(site) = site("failback") else {
+    let Some((site, master, standby)) = master_and_standby(flavor, "failback", 2) else {
         return;
     };
-    let Some(master) = DbServer::start(flavor, db_options(flavor, 1)) else {
-        return;
-    };
-    let standby = DbServer::start(flavor, db_options(flavor, 2)).expect("a standby");
-    standby.replicate_from(&master);
-    load_phase(&master, 2, 1);
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();

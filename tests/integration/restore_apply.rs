@@ -205,14 +205,7 @@ fn download(
 
 /// The plan's files to apply, in batches of at most `batch_size`.
 fn batches(plan: &ApplyPlan, files: &[BinlogFile], batch_size: usize) -> Vec<Vec<BatchFile>> {
-    let to_apply: Vec<BatchFile> = plan
-        .files_to_apply()
-        .map(|(index, planned)| BatchFile {
-            path: files[index].path.clone(),
-            plan: planned.clone(),
-        })
-        .collect();
-    to_apply
+    plan.batch_files(files)
         .chunks(batch_size)
         .map(<[BatchFile]>::to_vec)
         .collect()
