@@ -33,6 +33,7 @@
 //! [`Flavor`] here is only which server wrote a file, as its format description says; the
 //! running server's flavour and version are [`crate::db::Flavor`].
 
+mod checksum;
 pub mod event;
 pub mod reader;
 #[cfg(test)]

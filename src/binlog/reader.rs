@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use super::checksum;
 use super::event::{
     self, CHECKSUM_LEN, Checksum, FLAG_ARTIFICIAL, Flavor, FormatDescription, GtidEventBody,
     HEADER_LEN, Header, QueryKind,
@@ -279,6 +280,11 @@ pub struct BinlogReader<R> {
     scratch: Vec<u8>,
     /// A fresh CRC32 state to clone for each event.
     crc: crc32fast::Hasher,
+    /// Events that end at or before this offset have had their checksums verified, in a run
+    /// checked in one pass (see [`super::checksum`]).
+    verified_to: u64,
+    /// Scratch space for [`checksum::check_run`].
+    run_starts: Vec<usize>,
     tail: Tail,
     done: bool,
 }
@@ -392,6 +398,8 @@ impl<R: Read> BinlogReader<R> {
             scan,
             scratch: Vec::new(),
             crc,
+            verified_to: 0,
+            run_starts: Vec::new(),
             tail: options.tail,
             done: false,
         })
@@ -462,10 +470,10 @@ impl<R: Read> BinlogReader<R> {
             if available < length {
                 return self.partial_tail(offset, available as u64);
             }
-            let event = &self.input.window()[..length];
-            if checksum_len > 0 {
-                verify_crc(&self.crc, &self.scan.file, offset, event)?;
+            if checksum_len > 0 && offset + length as u64 > self.verified_to {
+                self.verify_ahead(offset, minimum as usize)?;
             }
+            let event = &self.input.window()[..length];
             let body = &event[HEADER_LEN..length - checksum_len];
             self.scan.on_event(offset, &header, body, false)?;
             self.input.consume(length);
@@ -525,6 +533,37 @@ impl<R: Read> BinlogReader<R> {
         let body = self.scratch.get(HEADER_LEN..body_end).unwrap_or(&[]);
         self.scan.on_event(offset, &header, body, truncated)?;
         Ok(true)
+    }
+
+    /// Verifies the checksums of the event at `offset`, which is whole at the start of the
+    /// window, and of as many complete events after it as the window holds, in one pass where
+    /// they are intact. Only an error in the event at `offset` is returned: one further on is
+    /// left for when the reader gets there, so that the transactions before it are handed out
+    /// first, as when every event was checked on its own.
+    #[inline(never)]
+    fn verify_ahead(&mut self, offset: u64, minimum: usize) -> Result<(), Error> {
+        let window = self.input.window_mut();
+        let (run, intact) = checksum::check_run(&self.crc, window, minimum, &mut self.run_starts);
+        if intact {
+            self.verified_to = offset + run as u64;
+            return Ok(());
+        }
+        // A damaged event in the run, or the event is a format description: one at a time,
+        // up to the first at fault. The event at `offset` is whole, so the loop checks it.
+        let mut position = 0;
+        while position == 0 || position < run {
+            let length = Header::decode(&window[position..]).map_or(0, |h| h.length as usize);
+            let Some(event) = window.get(position..position + length) else {
+                break;
+            };
+            match verify_crc(&self.crc, &self.scan.file, offset + position as u64, event) {
+                Ok(()) => position += length,
+                Err(error) if position == 0 => return Err(error),
+                Err(_) => break,
+            }
+        }
+        self.verified_to = offset + position as u64;
+        Ok(())
     }
 
     #[inline]
@@ -1036,6 +1075,10 @@ impl<R: Read> Input<R> {
     /// The buffered, unconsumed bytes.
     fn window(&self) -> &[u8] {
         &self.buf[self.start..self.end]
+    }
+
+    fn window_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
     }
 
     /// Makes at least `wanted` bytes (at most the capacity) available, reading as needed;

@@ -522,6 +522,42 @@ fn open_transaction_at_the_end_is_not_counted() {
 }
 
 #[test]
+fn the_transactions_before_a_damaged_event_are_handed_out_first() {
+    // Checksums are checked many events ahead of the one being read; a damaged event must
+    // still only stop the reader when it gets there.
+    let mut checked = 0;
+    for flavor in ["mariadb", "mysql"] {
+        for path in fixtures(flavor) {
+            let data = std::fs::read(&path).expect("fixture");
+            let (whole, summary) = read_all(&path, ReadOptions::default()).expect("intact fixture");
+            let Some(last) = whole.last() else { continue };
+            if summary.checksum == Checksum::None {
+                continue;
+            }
+            checked += 1;
+            // A byte in the middle of the last transaction's last event.
+            let at = (last.end - 8) as usize;
+            let mut bad = data.clone();
+            bad[at] ^= 0x01;
+            let mut reader =
+                BinlogReader::new("bad", &bad[..], ReadOptions::default()).expect("header intact");
+            let mut before = Vec::new();
+            let error = loop {
+                match reader.next_transaction() {
+                    Ok(Some(transaction)) => before.push(transaction),
+                    Ok(None) => panic!("{}: the damage went unnoticed", path.display()),
+                    Err(error) => break error,
+                }
+            };
+            assert!(matches!(error, Error::Checksum { .. }), "{error}");
+            assert_eq!(before, whole[..whole.len() - 1], "{}", path.display());
+            assert!(error.offset() > last.start && error.offset() < last.end);
+        }
+    }
+    assert!(checked >= 4, "only {checked} fixtures with checksums");
+}
+
+#[test]
 fn corruption_is_reported_with_its_offset() {
     let data = fixture_bytes("mariadb", "binlog.000002");
     let rows = show_binlog_events(&fixture_dir("mariadb").join("binlog.000002"));
