@@ -441,6 +441,7 @@ impl<R: Read> BinlogReader<R> {
     /// is tolerated).
     #[inline]
     fn next_event(&mut self) -> Result<bool, Error> {
+        self.skip_plain_events();
         let offset = self.input.offset();
         let available = self.fill(offset, HEADER_LEN)?;
         if available == 0 {
@@ -533,6 +534,37 @@ impl<R: Read> BinlogReader<R> {
         let body = self.scratch.get(HEADER_LEN..body_end).unwrap_or(&[]);
         self.scan.on_event(offset, &header, body, truncated)?;
         Ok(true)
+    }
+
+    /// Passes over the events at the start of the window that are already verified and that
+    /// only carry a transaction along (rows, table maps, annotations): most events, so this
+    /// tight loop, which reads only their type, length and time, is where most of a file goes.
+    #[inline]
+    fn skip_plain_events(&mut self) {
+        let offset = self.input.offset();
+        if self.verified_to <= offset {
+            return;
+        }
+        let window = self.input.window();
+        // A verified run is whole in the window, and its events are at least a header long.
+        let verified = window.len().min((self.verified_to - offset) as usize);
+        let mut position = 0;
+        let mut last_timestamp = None;
+        while position < verified {
+            let Some(header) = Header::decode(&window[position..verified]) else {
+                break;
+            };
+            if INTERPRETED[usize::from(header.event_type)] {
+                break;
+            }
+            last_timestamp = Some(header.timestamp);
+            position += header.length as usize;
+        }
+        if let Some(timestamp) = last_timestamp {
+            self.scan
+                .on_plain_events(offset + position as u64, timestamp);
+            self.input.consume(position);
+        }
     }
 
     /// Verifies the checksums of the event at `offset`, which is whole at the start of the
@@ -767,14 +799,21 @@ impl Scan {
         // Most events (rows, table maps, annotations) only carry a transaction along: handled
         // here without the full dispatch, which matters at a million events per second.
         if !INTERPRETED[usize::from(header.event_type)] {
-            self.end = FileEnd::Open;
-            self.valid_end = offset + u64::from(header.length);
-            if let Some(open) = &mut self.open {
-                open.last_timestamp = header.timestamp;
-            }
+            self.on_plain_events(offset + u64::from(header.length), header.timestamp);
             return Ok(());
         }
         self.on_interpreted_event(offset, header, body, truncated)
+    }
+
+    /// Takes note of events that are not interpreted, up to `end`; `last_timestamp` is the
+    /// header time of the last of them.
+    #[inline]
+    fn on_plain_events(&mut self, end: u64, last_timestamp: u32) {
+        self.end = FileEnd::Open;
+        self.valid_end = end;
+        if let Some(open) = &mut self.open {
+            open.last_timestamp = last_timestamp;
+        }
     }
 
     #[inline(never)]
