@@ -22,9 +22,9 @@ use serde::Serialize;
 
 use crate::binlog::{
     self, BinlogReader, BinlogSummary, Checksum, FileEnd, Flavor, GtidState, ReadOptions, Tail,
-    Transaction, TransactionEnd,
+    Transaction,
 };
-use crate::gtid::GtidSet;
+use crate::gtid::{GtidSet, Origin};
 
 pub struct InspectOptions {
     /// Also print one line per transaction.
@@ -221,10 +221,11 @@ fn inspect_file(
         Ok(reader) => reader,
         Err(error) => return Ok(Err(error)),
     };
+    let mut lines = TransactionLines::new(path)?;
     loop {
         match reader.next_transaction() {
             Ok(Some(transaction)) if options.transactions => {
-                write_line(out, &transaction_line(path, &transaction))?;
+                out.write_all(lines.format(&transaction)?)?;
             }
             Ok(Some(_)) => {}
             Ok(None) => break,
@@ -240,29 +241,83 @@ fn inspect_file(
     }
 }
 
-/// One transaction, as printed. Structs rather than `json!` so the keys keep this order.
-#[derive(Serialize)]
-struct TransactionLine<'a> {
-    r#type: &'static str,
-    file: &'a Path,
-    gtid: Option<String>,
-    start: u64,
-    end: u64,
-    commit_time: String,
-    commit_epoch: f64,
-    ended_by: TransactionEnd,
+/// Formats transaction lines: `{"type":"transaction","file":..,"gtid":..,"start":..,"end":..,
+/// "commit_time":..,"commit_epoch":..,"ended_by":..}`, the bytes serde_json writes for them.
+/// A file prints millions of them, so what stays the same from one to the next (the file, the
+/// GTID's origin, the commit time's second) is formatted once and reused.
+struct TransactionLines {
+    /// `{"type":"transaction","file":"<file>","gtid":`
+    prefix: Vec<u8>,
+    /// The last origin seen and its GTID text up to the sequence number, as the start of a
+    /// JSON string: `"uuid:` or `"0-1-`.
+    origin: Option<(Origin, Vec<u8>)>,
+    /// The last commit second seen and its `YYYY-MM-DDTHH:MM:SS`.
+    second: Option<(u64, String)>,
+    line: Vec<u8>,
 }
 
-fn transaction_line<'a>(path: &'a Path, transaction: &Transaction) -> TransactionLine<'a> {
-    TransactionLine {
-        r#type: "transaction",
-        file: path,
-        gtid: transaction.gtid.as_ref().map(ToString::to_string),
-        start: transaction.start,
-        end: transaction.end,
-        commit_time: iso8601(transaction.commit_time_us),
-        commit_epoch: epoch_seconds(transaction.commit_time_us),
-        ended_by: transaction.ended_by,
+impl TransactionLines {
+    fn new(path: &Path) -> Result<TransactionLines> {
+        let mut prefix = br#"{"type":"transaction","file":"#.to_vec();
+        serde_json::to_writer(&mut prefix, path)?;
+        prefix.extend_from_slice(br#","gtid":"#);
+        Ok(TransactionLines {
+            prefix,
+            origin: None,
+            second: None,
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    /// The line of `transaction`, newline included.
+    fn format(&mut self, transaction: &Transaction) -> Result<&[u8]> {
+        let line = &mut self.line;
+        line.clear();
+        line.extend_from_slice(&self.prefix);
+        match &transaction.gtid {
+            None => line.extend_from_slice(b"null"),
+            Some(gtid) => {
+                if self
+                    .origin
+                    .as_ref()
+                    .is_none_or(|(origin, _)| origin != gtid.origin())
+                {
+                    let separator = match gtid.origin() {
+                        Origin::Mysql { .. } => ':',
+                        Origin::Mariadb { .. } => '-',
+                    };
+                    let mut head = serde_json::to_vec(&format!("{}{separator}", gtid.origin()))?;
+                    head.pop(); // the closing quote: the sequence number follows
+                    self.origin = Some((gtid.origin().clone(), head));
+                }
+                if let Some((_, head)) = &self.origin {
+                    line.extend_from_slice(head);
+                }
+                write!(line, "{}\"", gtid.sequence())?;
+            }
+        }
+        let us = transaction.commit_time_us;
+        let seconds = us / 1_000_000;
+        if self
+            .second
+            .as_ref()
+            .is_none_or(|(second, _)| *second != seconds)
+        {
+            self.second = Some((seconds, iso8601_seconds(seconds)));
+        }
+        let second = self.second.as_ref().map_or("", |(_, text)| text.as_str());
+        write!(
+            line,
+            r#","start":{},"end":{},"commit_time":"{second}.{:06}Z","commit_epoch":"#,
+            transaction.start,
+            transaction.end,
+            us % 1_000_000,
+        )?;
+        serde_json::to_writer(&mut *line, &epoch_seconds(us))?;
+        line.extend_from_slice(br#","ended_by":"#);
+        serde_json::to_writer(&mut *line, &transaction.ended_by)?;
+        line.extend_from_slice(b"}\n");
+        Ok(line)
     }
 }
 
@@ -346,13 +401,16 @@ fn epoch_seconds(us: u64) -> f64 {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time in microseconds since the epoch.
 fn iso8601(us: u64) -> String {
-    let seconds = us / 1_000_000;
-    let micros = us % 1_000_000;
+    format!("{}.{:06}Z", iso8601_seconds(us / 1_000_000), us % 1_000_000)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a time in seconds since the epoch.
+fn iso8601_seconds(seconds: u64) -> String {
     let days = seconds / 86_400;
     let of_day = seconds % 86_400;
     let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         of_day / 3600,
         of_day / 60 % 60,
         of_day % 60
@@ -377,6 +435,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::binlog::TransactionEnd;
 
     /// The fixture binlogs of both flavours with a damaged copy and a missing file among them.
     fn files_with_bad_ones(dir: &Path) -> Vec<PathBuf> {
@@ -471,6 +530,52 @@ mod tests {
         let result = inspect_in_parallel(&files, &options, ReadOptions::default(), 2, &mut output);
         let error = result.expect_err("the output failed");
         assert!(error.to_string().contains("closed"), "{error:#}");
+    }
+
+    #[test]
+    fn transaction_lines_are_what_serde_writes() {
+        let transaction = |gtid: Option<&str>, us: u64, ended_by| Transaction {
+            gtid: gtid.map(|text| text.parse().expect("gtid")),
+            start: 120,
+            end: 4567,
+            commit_time_us: us,
+            gtid_event_timestamp: 0,
+            server_id: 1,
+            ended_by,
+        };
+        let uuid = "16926568-e922-11f1-804a-02fc00000001";
+        // Origins and seconds change from line to line, come back, and repeat.
+        let cases = [
+            (
+                transaction(Some(&format!("{uuid}:7")), 1_795_693_907_505_105, TransactionEnd::Xid),
+                format!(r#""gtid":"{uuid}:7","start":120,"end":4567,"commit_time":"2026-11-26T11:51:47.505105Z","commit_epoch":1795693907.505105,"ended_by":"xid""#),
+            ),
+            (
+                transaction(Some(&format!("{uuid}:tag_1:3")), 1_795_693_907_000_000, TransactionEnd::Commit),
+                format!(r#""gtid":"{uuid}:tag_1:3","start":120,"end":4567,"commit_time":"2026-11-26T11:51:47.000000Z","commit_epoch":1795693907.0,"ended_by":"commit""#),
+            ),
+            (
+                transaction(None, 1_795_693_908_000_001, TransactionEnd::Statement),
+                r#""gtid":null,"start":120,"end":4567,"commit_time":"2026-11-26T11:51:48.000001Z","commit_epoch":1795693908.000001,"ended_by":"statement""#.to_string(),
+            ),
+            (
+                transaction(Some(&format!("{uuid}:8")), 0, TransactionEnd::Boundary),
+                format!(r#""gtid":"{uuid}:8","start":120,"end":4567,"commit_time":"1970-01-01T00:00:00.000000Z","commit_epoch":0.0,"ended_by":"boundary""#),
+            ),
+            (
+                transaction(Some("0-1-452920"), 0, TransactionEnd::Xid),
+                r#""gtid":"0-1-452920","start":120,"end":4567,"commit_time":"1970-01-01T00:00:00.000000Z","commit_epoch":0.0,"ended_by":"xid""#.to_string(),
+            ),
+        ];
+        let path = Path::new("/var/lib/mysql/\"odd\" name");
+        let mut lines = TransactionLines::new(path).expect("prefix");
+        for (transaction, fields) in cases {
+            let expected = format!(
+                "{{\"type\":\"transaction\",\"file\":\"/var/lib/mysql/\\\"odd\\\" name\",{fields}}}\n"
+            );
+            let line = lines.format(&transaction).expect("formats");
+            assert_eq!(String::from_utf8_lossy(line), expected);
+        }
     }
 
     #[test]
