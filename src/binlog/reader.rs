@@ -7,6 +7,11 @@
 //!
 //! Every event advances the offset by its length, which must be at least the 19-byte header, so
 //! a read always ends; every error names the file and the offset of the event at fault.
+//!
+//! Checksums are verified a buffer ahead, every complete event in the buffer in one CRC pass
+//! (see the `checksum` module), but a damaged event only fails the read when the reader
+//! reaches it. Verified events that only carry a transaction along (rows, table maps) are then passed over
+//! in a tight loop; the events that start, commit or describe something are decoded.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -281,7 +286,7 @@ pub struct BinlogReader<R> {
     /// A fresh CRC32 state to clone for each event.
     crc: crc32fast::Hasher,
     /// Events that end at or before this offset have had their checksums verified, in a run
-    /// checked in one pass (see [`super::checksum`]).
+    /// checked in one pass (see the `checksum` module).
     verified_to: u64,
     /// Scratch space for [`checksum::check_run`].
     run_starts: Vec<usize>,
