@@ -10,8 +10,9 @@
 //!
 //! Checksums are verified a buffer ahead, every complete event in the buffer in one CRC pass
 //! (see the `checksum` module), but a damaged event only fails the read when the reader
-//! reaches it. Verified events that only carry a transaction along (rows, table maps) are then passed over
-//! in a tight loop; the events that start, commit or describe something are decoded.
+//! reaches it. Verified events that only carry a transaction along (rows, table maps) are then
+//! passed over in a tight loop; the events that start, commit or describe something are
+//! decoded.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -589,10 +590,14 @@ impl<R: Read> BinlogReader<R> {
         // up to the first at fault. The event at `offset` is whole, so the loop checks it.
         let mut position = 0;
         while position == 0 || position < run {
-            let length = Header::decode(&window[position..]).map_or(0, |h| h.length as usize);
-            let Some(event) = window.get(position..position + length) else {
+            let Some(event) = Header::decode(&window[position..])
+                .map(|header| header.length as usize)
+                .filter(|&length| length >= minimum)
+                .and_then(|length| window.get(position..position + length))
+            else {
                 break;
             };
+            let length = event.len();
             match verify_crc(&self.crc, &self.scan.file, offset + position as u64, event) {
                 Ok(()) => position += length,
                 Err(error) if position == 0 => return Err(error),
