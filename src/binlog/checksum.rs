@@ -18,16 +18,10 @@
 //! updating its checksum, so it is checked on its own, and a relay log may change the checksum
 //! algorithm after one.
 
-use super::event::{FORMAT_DESCRIPTION_EVENT, HEADER_LEN};
+use super::event::{FORMAT_DESCRIPTION_EVENT, Header};
 
 /// The CRC32 of any message followed by its own little-endian CRC32.
 pub const RESIDUE: u32 = 0x2144_df1c;
-
-/// Offset of the event type in the header.
-const TYPE_OFFSET: usize = 4;
-
-/// Offset of the event length in the header.
-const LENGTH_OFFSET: usize = 9;
 
 /// Measures the run of complete, checksummed events at the start of `window`, and checks
 /// their CRC32 trailers: returns its length and whether every event in it is intact. The run
@@ -69,16 +63,11 @@ pub fn check_run(
 /// The length of the event at `position` if it continues the run.
 #[inline(always)]
 fn next_in_run(window: &[u8], position: usize, minimum: usize) -> Option<usize> {
-    let header = window.get(position..position + HEADER_LEN)?;
-    let length = u32::from_le_bytes([
-        header[LENGTH_OFFSET],
-        header[LENGTH_OFFSET + 1],
-        header[LENGTH_OFFSET + 2],
-        header[LENGTH_OFFSET + 3],
-    ]) as usize;
+    let header = Header::decode(&window[position..])?;
+    let length = header.length as usize;
     let continues = length >= minimum
         && length <= window.len() - position
-        && header[TYPE_OFFSET] != FORMAT_DESCRIPTION_EVENT;
+        && header.event_type != FORMAT_DESCRIPTION_EVENT;
     continues.then_some(length)
 }
 
@@ -93,8 +82,12 @@ fn xor_4(bytes: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::binlog::event::HEADER_LEN;
 
     const MINIMUM: usize = HEADER_LEN + 4;
+    /// Offsets of the event type and length in the header.
+    const TYPE_OFFSET: usize = 4;
+    const LENGTH_OFFSET: usize = 9;
 
     /// An event of `length` bytes of `event_type`, its body filled from `seed`, with a valid
     /// CRC32 trailer.
