@@ -1324,21 +1324,27 @@ impl GtidRangeBuilder {
     /// sequence number; anything else closes that range and starts a new one. As in Python
     /// MyHoard the server id is not compared: a range keeps its first event's.
     pub fn push(&mut self, event: GtidEvent) {
+        self.push_gtid(&event.gtid, event.timestamp, event.server_id);
+    }
+
+    /// [`push`](Self::push) of an event given by its parts. The origin is cloned only when it
+    /// starts a range: a binlog reader calls this once per transaction.
+    pub fn push_gtid(&mut self, gtid: &Gtid, timestamp: u64, server_id: u32) {
         if let Some(current) = &mut self.current
-            && current.server_uuid == event.gtid.origin
-            && current.end.checked_add(1) == Some(event.gtid.sequence)
+            && current.server_uuid == gtid.origin
+            && current.end.checked_add(1) == Some(gtid.sequence)
         {
-            current.end = event.gtid.sequence;
-            current.end_ts = event.timestamp;
+            current.end = gtid.sequence;
+            current.end_ts = timestamp;
             return;
         }
         let next = GtidRange {
-            end: event.gtid.sequence,
-            end_ts: event.timestamp,
-            server_id: event.server_id,
-            server_uuid: event.gtid.origin,
-            start: event.gtid.sequence,
-            start_ts: event.timestamp,
+            end: gtid.sequence,
+            end_ts: timestamp,
+            server_id,
+            server_uuid: gtid.origin.clone(),
+            start: gtid.sequence,
+            start_ts: timestamp,
         };
         if let Some(finished) = self.current.replace(next) {
             self.done.push(finished);

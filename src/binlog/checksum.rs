@@ -37,14 +37,13 @@ pub fn check_run(
     minimum: usize,
     starts: &mut Vec<usize>,
 ) -> (usize, bool) {
-    let mask = RESIDUE.to_le_bytes();
     // One walk measures the run and masks it; restoring it from the recorded starts does not
     // have to follow the chain of lengths again.
     starts.clear();
     let mut position = 0;
     while let Some(length) = next_in_run(window, position, minimum) {
         if position > 0 {
-            xor_4(&mut window[position..], mask);
+            xor_residue(window, position);
             starts.push(position);
         }
         position += length;
@@ -55,7 +54,7 @@ pub fn check_run(
     let mut hasher = fresh.clone();
     hasher.update(&window[..position]);
     for &start in starts.iter() {
-        xor_4(&mut window[start..], mask);
+        xor_residue(window, start);
     }
     (position, hasher.finalize() == RESIDUE)
 }
@@ -71,11 +70,15 @@ fn next_in_run(window: &[u8], position: usize, minimum: usize) -> Option<usize> 
     continues.then_some(length)
 }
 
-/// XORs `mask` into the first 4 bytes of `bytes` (at least a header long).
+/// XORs the residue into the 4 bytes at `at`, the start of an event (so at least a header
+/// long), as one little-endian word: this runs twice per event.
 #[inline(always)]
-fn xor_4(bytes: &mut [u8], mask: [u8; 4]) {
-    for (byte, mask) in bytes.iter_mut().zip(mask) {
-        *byte ^= mask;
+fn xor_residue(window: &mut [u8], at: usize) {
+    if let Some(word) = window
+        .get_mut(at..at + 4)
+        .and_then(|bytes| <&mut [u8; 4]>::try_from(bytes).ok())
+    {
+        *word = (u32::from_le_bytes(*word) ^ RESIDUE).to_le_bytes();
     }
 }
 

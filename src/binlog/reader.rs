@@ -23,9 +23,7 @@ use super::event::{
     self, CHECKSUM_LEN, Checksum, FLAG_ARTIFICIAL, Flavor, FormatDescription, GtidEventBody,
     HEADER_LEN, Header, QueryKind,
 };
-use crate::gtid::{
-    Gtid, GtidEvent, GtidRange, GtidRangeBuilder, GtidSet, Interval, MariadbGtidState, Origin,
-};
+use crate::gtid::{Gtid, GtidRange, GtidRangeBuilder, GtidSet, MariadbGtidState, Origin};
 
 /// The read buffer size: large enough that reads are few and most events are decoded in place
 /// without copying, small enough to stay in a core's L2 cache, where the kernel's copy leaves
@@ -438,6 +436,7 @@ impl<R: Read> BinlogReader<R> {
 
     /// Reads the rest of the file and returns its summary.
     pub fn finish(mut self) -> Result<BinlogSummary, Error> {
+        self.scan.hand_out = false;
         while self.next_transaction()?.is_some() {}
         Ok(self.scan.into_summary())
     }
@@ -447,7 +446,10 @@ impl<R: Read> BinlogReader<R> {
     /// is tolerated).
     #[inline]
     fn next_event(&mut self) -> Result<bool, Error> {
-        self.skip_plain_events();
+        self.scan_verified()?;
+        if self.scan.completed.is_some() {
+            return Ok(true);
+        }
         let offset = self.input.offset();
         let available = self.fill(offset, HEADER_LEN)?;
         if available == 0 {
@@ -542,35 +544,55 @@ impl<R: Read> BinlogReader<R> {
         Ok(true)
     }
 
-    /// Passes over the events at the start of the window that are already verified and that
-    /// only carry a transaction along (rows, table maps, annotations): most events, so this
-    /// tight loop, which reads only their type, length and time, is where most of a file goes.
+    /// Interprets the events at the start of the window whose checksums are verified, up to
+    /// the first that completes a transaction to hand out. Most events of a file go through
+    /// this loop: those that only carry a transaction along (rows, table maps, annotations)
+    /// are passed over reading only their type, length and time, and the others need none of
+    /// the checks of [`Self::next_event`], since a verified run holds only whole events of at
+    /// least a header and a checksum.
     #[inline]
-    fn skip_plain_events(&mut self) {
+    fn scan_verified(&mut self) -> Result<(), Error> {
         let offset = self.input.offset();
         if self.verified_to <= offset {
-            return;
+            return Ok(());
         }
         let window = self.input.window();
-        // A verified run is whole in the window, and its events are at least a header long.
         let verified = window.len().min((self.verified_to - offset) as usize);
         let mut position = 0;
-        let mut last_timestamp = None;
+        let mut plain_timestamp = None;
+        let mut result = Ok(());
         while position < verified {
             let Some(header) = Header::decode(&window[position..verified]) else {
                 break;
             };
-            if INTERPRETED[usize::from(header.event_type)] {
+            let length = header.length as usize;
+            if !INTERPRETED[usize::from(header.event_type)] {
+                plain_timestamp = Some(header.timestamp);
+                position += length;
+                continue;
+            }
+            if let Some(timestamp) = plain_timestamp.take() {
+                self.scan
+                    .on_plain_events(offset + position as u64, timestamp);
+            }
+            let body = &window[position + HEADER_LEN..position + length - CHECKSUM_LEN];
+            result = self
+                .scan
+                .on_interpreted_event(offset + position as u64, &header, body, false);
+            if result.is_err() {
                 break;
             }
-            last_timestamp = Some(header.timestamp);
-            position += header.length as usize;
+            position += length;
+            if self.scan.completed.is_some() {
+                break;
+            }
         }
-        if let Some(timestamp) = last_timestamp {
+        if let Some(timestamp) = plain_timestamp {
             self.scan
                 .on_plain_events(offset + position as u64, timestamp);
-            self.input.consume(position);
         }
+        self.input.consume(position);
+        result
     }
 
     /// Verifies the checksums of the event at `offset`, which is whole at the start of the
@@ -717,25 +739,21 @@ struct OpenTransaction {
     last_timestamp: u32,
 }
 
-/// A run of consecutive sequence numbers of one origin, not yet added to the set: adding each
-/// transaction separately would cost a map lookup per transaction.
-struct Run {
-    origin: Origin,
-    start: u64,
-    end: u64,
-}
-
 /// The interpretation state: the current transaction and the summary so far.
 struct Scan {
     file: PathBuf,
     fde: FormatDescription,
     checksum: Checksum,
     open: Option<OpenTransaction>,
+    /// Whether completed transactions are kept for the reader to hand out; not when only the
+    /// summary is wanted.
+    hand_out: bool,
     /// The transaction the last event completed, until the reader hands it out.
     completed: Option<Transaction>,
     previous_gtids: Option<GtidState>,
-    gtids: GtidSet,
-    run: Option<Run>,
+    /// The file's transactions in runs of one origin and consecutive sequence numbers: what
+    /// the summary's GTID set and MariaDB state after are made of, at the end, a run at a time
+    /// rather than a transaction at a time.
     ranges: GtidRangeBuilder,
     mariadb_state_after: Option<MariadbGtidState>,
     n_transactions: u64,
@@ -757,10 +775,9 @@ impl Scan {
             checksum: fde.checksum,
             fde,
             open: None,
+            hand_out: true,
             completed: None,
             previous_gtids: None,
-            gtids: GtidSet::new(),
-            run: None,
             ranges: GtidRangeBuilder::new(),
             mariadb_state_after,
             n_transactions: 0,
@@ -826,6 +843,9 @@ impl Scan {
         }
     }
 
+    /// Interprets an event of one of the [`INTERPRETED`] types. The three events of almost
+    /// every transaction (its GTID event, BEGIN and commit) take the short way here; the
+    /// handful of others a file has go through [`Scan::on_rare_event`].
     #[inline(never)]
     fn on_interpreted_event(
         &mut self,
@@ -835,9 +855,72 @@ impl Scan {
         truncated: bool,
     ) -> Result<(), Error> {
         let end = offset + u64::from(header.length);
+        match header.event_type {
+            event::XID_EVENT => self.close(end, header.timestamp, TransactionEnd::Xid),
+            event::QUERY_EVENT if self.open.is_some() => {
+                let kind = event::query_kind(body, self.fde.query_post_header_len)
+                    .map_err(|reason| self.malformed(offset, header, reason))?;
+                self.on_query(kind, end, header.timestamp);
+            }
+            event::MYSQL_GTID_LOG_EVENT if self.fde.flavor == Flavor::Mysql => {
+                let body = event::mysql_gtid(body, false)
+                    .map_err(|reason| self.malformed(offset, header, reason))?;
+                self.on_gtid_event(offset, header, body)?;
+            }
+            event::MARIADB_GTID_EVENT if self.fde.flavor == Flavor::Mariadb => {
+                let body = event::mariadb_gtid(body, header.server_id)
+                    .map_err(|reason| self.malformed(offset, header, reason))?;
+                self.on_gtid_event(offset, header, body)?;
+            }
+            _ => return self.on_rare_event(offset, header, body, truncated),
+        }
+        // None of these ends the file, and a transaction still open takes the event's time.
+        self.on_plain_events(end, header.timestamp);
+        Ok(())
+    }
+
+    /// A transaction's GTID event: the transaction open before it, if any, ends here (a
+    /// server does not write that, see [`TransactionEnd::Boundary`]), and this one starts.
+    fn on_gtid_event(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        body: GtidEventBody,
+    ) -> Result<(), Error> {
+        self.close(offset, header.timestamp, TransactionEnd::Boundary);
+        self.open_transaction(offset, header, body)
+            .map_err(|reason| self.malformed(offset, header, reason))
+    }
+
+    /// A statement inside the open transaction, ending at `end`.
+    fn on_query(&mut self, kind: QueryKind, end: u64, timestamp: u32) {
+        let Some(open) = &mut self.open else {
+            return;
+        };
+        match kind {
+            QueryKind::Begin => open.begun = true,
+            QueryKind::End => self.close(end, timestamp, TransactionEnd::Commit),
+            QueryKind::Statement if !open.begun => {
+                self.close(end, timestamp, TransactionEnd::Statement);
+            }
+            QueryKind::Statement => {}
+        }
+    }
+
+    /// Interprets an event of the [`INTERPRETED`] types that [`Scan::on_interpreted_event`]
+    /// does not take the short way.
+    #[cold]
+    #[inline(never)]
+    fn on_rare_event(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        body: &[u8],
+        truncated: bool,
+    ) -> Result<(), Error> {
+        let end = offset + u64::from(header.length);
         let flavor = self.fde.flavor;
         let event_type = header.event_type;
-        let mut completed = None;
         let mut file_end = FileEnd::Open;
         let malformed = |file: &Path, reason| Error::Malformed {
             file: file.to_owned(),
@@ -860,16 +943,14 @@ impl Scan {
                     _ => event::mariadb_gtid(body, header.server_id),
                 }
                 .map_err(|reason| malformed(&self.file, reason))?;
-                completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
-                self.open_transaction(offset, header, body)
-                    .map_err(|reason| malformed(&self.file, reason))?;
+                self.on_gtid_event(offset, header, body)?;
             }
-            event::XID_EVENT => completed = self.close(end, header.timestamp, TransactionEnd::Xid),
+            event::XID_EVENT => self.close(end, header.timestamp, TransactionEnd::Xid),
             event::XA_PREPARE_LOG_EVENT => {
-                completed = self.close(end, header.timestamp, TransactionEnd::XaPrepare);
+                self.close(end, header.timestamp, TransactionEnd::XaPrepare);
             }
             event::MYSQL_TRANSACTION_PAYLOAD_EVENT if flavor == Flavor::Mysql => {
-                completed = self.close(end, header.timestamp, TransactionEnd::Payload);
+                self.close(end, header.timestamp, TransactionEnd::Payload);
             }
             event::QUERY_EVENT | event::MARIADB_QUERY_COMPRESSED_EVENT if self.open.is_some() => {
                 // A compressed statement cannot be read, but BEGIN and COMMIT are far too short
@@ -880,21 +961,7 @@ impl Scan {
                 } else {
                     QueryKind::Statement
                 };
-                let begun = self.open.as_ref().is_some_and(|open| open.begun);
-                match kind {
-                    QueryKind::Begin => {
-                        if let Some(open) = &mut self.open {
-                            open.begun = true;
-                        }
-                    }
-                    QueryKind::End => {
-                        completed = self.close(end, header.timestamp, TransactionEnd::Commit);
-                    }
-                    QueryKind::Statement if !begun => {
-                        completed = self.close(end, header.timestamp, TransactionEnd::Statement);
-                    }
-                    QueryKind::Statement => {}
-                }
+                self.on_query(kind, end, header.timestamp);
             }
             event::MYSQL_PREVIOUS_GTIDS_LOG_EVENT if flavor == Flavor::Mysql => {
                 let set = event::mysql_previous_gtids(body)
@@ -922,7 +989,7 @@ impl Scan {
                 // A relay log starts with a made-up Rotate naming the source's binlog; only a
                 // real one (the server's own) ends the file.
                 if header.flags & FLAG_ARTIFICIAL == 0 {
-                    completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
+                    self.close(offset, header.timestamp, TransactionEnd::Boundary);
                     file_end = FileEnd::Rotate {
                         next_file: rotate.next_file,
                         position: rotate.position,
@@ -930,7 +997,7 @@ impl Scan {
                 }
             }
             event::STOP_EVENT => {
-                completed = self.close(offset, header.timestamp, TransactionEnd::Boundary);
+                self.close(offset, header.timestamp, TransactionEnd::Boundary);
                 file_end = FileEnd::Stop;
             }
             event::FORMAT_DESCRIPTION_EVENT => {
@@ -955,18 +1022,11 @@ impl Scan {
         }
         self.end = file_end;
         self.valid_end = end;
-        match completed {
-            Some(transaction) => {
-                self.record(&transaction);
-                self.completed = Some(transaction);
-            }
-            // Kept for the commit time of a transaction that is only ended by the next
-            // transaction's GTID event (the time of its own last event).
-            None => {
-                if let Some(open) = &mut self.open {
-                    open.last_timestamp = header.timestamp;
-                }
-            }
+        // Kept for the commit time of a transaction that is only ended by the next
+        // transaction's GTID event (the time of its own last event). A transaction this event
+        // opened has it already.
+        if let Some(open) = &mut self.open {
+            open.last_timestamp = header.timestamp;
         }
         Ok(())
     }
@@ -996,9 +1056,12 @@ impl Scan {
         Ok(())
     }
 
-    /// Ends the open transaction, if any, at offset `end`.
-    fn close(&mut self, end: u64, timestamp: u32, ended_by: TransactionEnd) -> Option<Transaction> {
-        let open = self.open.take()?;
+    /// Ends the open transaction, if any, at offset `end`: adds it to the summary and, when
+    /// transactions are handed out, leaves it in `completed`.
+    fn close(&mut self, end: u64, timestamp: u32, ended_by: TransactionEnd) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
         let commit_time_us = open.immediate_commit_us.unwrap_or_else(|| {
             // A transaction ended by the next one's GTID event takes its own last event's
             // time, not the next one's.
@@ -1009,65 +1072,43 @@ impl Scan {
             };
             u64::from(seconds) * 1_000_000
         });
-        Some(Transaction {
-            gtid: open.gtid,
-            start: open.start,
-            end,
-            commit_time_us,
-            gtid_event_timestamp: open.gtid_event_timestamp,
-            server_id: open.server_id,
-            ended_by,
-        })
-    }
-
-    /// Adds a completed transaction to the summary.
-    fn record(&mut self, transaction: &Transaction) {
         self.n_transactions += 1;
-        self.first_commit_us
-            .get_or_insert(transaction.commit_time_us);
-        self.last_commit_us = Some(transaction.commit_time_us);
-        let Some(gtid) = &transaction.gtid else {
-            self.n_anonymous += 1;
-            return;
-        };
-        let sequence = gtid.sequence();
-        if let Some(run) = &mut self.run
-            && run.origin == *gtid.origin()
-            && run.end.checked_add(1) == Some(sequence)
-        {
-            run.end = sequence;
-        } else {
-            self.flush_run();
-            self.run = Some(Run {
-                origin: gtid.origin().clone(),
-                start: sequence,
-                end: sequence,
+        self.first_commit_us.get_or_insert(commit_time_us);
+        self.last_commit_us = Some(commit_time_us);
+        match &open.gtid {
+            Some(gtid) => {
+                self.ranges
+                    .push_gtid(gtid, u64::from(open.gtid_event_timestamp), open.server_id)
+            }
+            None => self.n_anonymous += 1,
+        }
+        if self.hand_out {
+            self.completed = Some(Transaction {
+                gtid: open.gtid,
+                start: open.start,
+                end,
+                commit_time_us,
+                gtid_event_timestamp: open.gtid_event_timestamp,
+                server_id: open.server_id,
+                ended_by,
             });
-        }
-        self.ranges.push(GtidEvent {
-            timestamp: u64::from(transaction.gtid_event_timestamp),
-            server_id: transaction.server_id,
-            gtid: gtid.clone(),
-        });
-    }
-
-    fn flush_run(&mut self) {
-        let Some(run) = self.run.take() else {
-            return;
-        };
-        if let Some(state) = &mut self.mariadb_state_after
-            && let Origin::Mariadb { domain, server } = run.origin
-        {
-            state.update(domain, server, run.end);
-        }
-        // A run holds sequence numbers of real GTIDs, so it is never empty or zero.
-        if let Ok(interval) = Interval::new(run.start, run.end) {
-            self.gtids.insert_interval(run.origin, interval);
         }
     }
 
     fn into_summary(mut self) -> BinlogSummary {
-        self.flush_run();
+        let gtid_ranges = self.ranges.finish();
+        let mut gtids = GtidSet::new();
+        for range in &gtid_ranges {
+            if let Some(state) = &mut self.mariadb_state_after
+                && let Origin::Mariadb { domain, server } = range.server_uuid
+            {
+                state.update(domain, server, range.end);
+            }
+            // A range holds sequence numbers of real GTIDs, so it is never empty or zero.
+            if let Ok(interval) = range.interval() {
+                gtids.insert_interval(range.server_uuid.clone(), interval);
+            }
+        }
         BinlogSummary {
             size: self.valid_end + self.partial_tail_bytes,
             file: self.file,
@@ -1075,8 +1116,8 @@ impl Scan {
             flavor: self.fde.flavor,
             checksum: self.fde.checksum,
             previous_gtids: self.previous_gtids,
-            gtids: self.gtids,
-            gtid_ranges: self.ranges.finish(),
+            gtids,
+            gtid_ranges,
             n_transactions: self.n_transactions,
             n_anonymous: self.n_anonymous,
             first_commit_us: self.first_commit_us,

@@ -221,15 +221,14 @@ fn inspect_file(
         Ok(reader) => reader,
         Err(error) => return Ok(Err(error)),
     };
-    let mut lines = TransactionLines::new(path)?;
-    loop {
-        match reader.next_transaction() {
-            Ok(Some(transaction)) if options.transactions => {
-                out.write_all(lines.format(&transaction)?)?;
+    if options.transactions {
+        let mut lines = TransactionLines::new(path)?;
+        loop {
+            match reader.next_transaction() {
+                Ok(Some(transaction)) => out.write_all(lines.format(&transaction)?)?,
+                Ok(None) => break,
+                Err(error) => return Ok(Err(error)),
             }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(error) => return Ok(Err(error)),
         }
     }
     match reader.finish() {
