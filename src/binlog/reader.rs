@@ -1059,7 +1059,10 @@ impl Scan {
     /// Ends the open transaction, if any, at offset `end`: adds it to the summary and, when
     /// transactions are handed out, leaves it in `completed`.
     fn close(&mut self, end: u64, timestamp: u32, ended_by: TransactionEnd) {
-        let Some(open) = self.open.take() else {
+        // Fields are read in place rather than the transaction moved out whole: the event
+        // before (see `on_plain_events`) has just stored its time into it, and a wide load
+        // over that narrow store stalls the CPU's store forwarding.
+        let Some(open) = &self.open else {
             return;
         };
         let commit_time_us = open.immediate_commit_us.unwrap_or_else(|| {
@@ -1082,7 +1085,11 @@ impl Scan {
             }
             None => self.n_anonymous += 1,
         }
-        if self.hand_out {
+        if !self.hand_out {
+            self.open = None;
+            return;
+        }
+        if let Some(open) = self.open.take() {
             self.completed = Some(Transaction {
                 gtid: open.gtid,
                 start: open.start,
