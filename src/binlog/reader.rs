@@ -10,9 +10,15 @@
 //!
 //! Checksums are verified a buffer ahead, every complete event in the buffer in one CRC pass
 //! (see the `checksum` module), but a damaged event only fails the read when the reader
-//! reaches it. Verified events that only carry a transaction along (rows, table maps) are then
-//! passed over in a tight loop; the events that start, commit or describe something are
-//! decoded.
+//! reaches it. Verified events are then interpreted in one loop straight from the buffer:
+//! those that only carry a transaction along (rows, table maps) are passed over reading their
+//! type, length and time, and those that start, commit or describe something are decoded.
+//! Only the first event of each buffer, and events that are not verified yet, go through the
+//! per-event framing checks.
+//!
+//! When only the summary is wanted ([`BinlogReader::finish`], [`read_summary`]), transactions
+//! are counted and folded into the GTID ranges but not built; the summary's GTID set is made
+//! from those ranges at the end.
 
 use std::fs::File;
 use std::io::{self, Read};

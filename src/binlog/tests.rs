@@ -440,6 +440,22 @@ fn summary_of(name: &str, data: &[u8], options: ReadOptions) -> Result<BinlogSum
 }
 
 #[test]
+fn the_summary_is_the_same_with_or_without_the_transactions() {
+    for path in fixtures("mariadb").into_iter().chain(fixtures("mysql")) {
+        for buffer_size in [DEFAULT_BUFFER_SIZE, 1000, 64] {
+            let options = ReadOptions {
+                buffer_size,
+                ..ReadOptions::default()
+            };
+            let (transactions, with) = read_all(&path, options).expect("reads");
+            let without = read_summary(&path, options).expect("reads");
+            assert_eq!(with, without, "{} buffer {buffer_size}", path.display());
+            assert_eq!(without.n_transactions, transactions.len() as u64);
+        }
+    }
+}
+
+#[test]
 fn short_reads_change_nothing() {
     for path in fixtures("mariadb").into_iter().chain(fixtures("mysql")) {
         let data = std::fs::read(&path).expect("fixture");
@@ -682,6 +698,15 @@ fn fuzz_one(data: &[u8], buffer_size: usize) {
             }
             reader.finish()
         });
+        // Reading only the summary builds no transactions but must come to the same end.
+        let summary_only = BinlogReader::new("fuzz", data, options).and_then(BinlogReader::finish);
+        match (&outcome, &summary_only) {
+            (Ok(both), Ok(only)) => assert_eq!(both, only),
+            (Err(both), Err(only)) => assert_eq!(both.to_string(), only.to_string()),
+            _ => {
+                panic!("handing out transactions changed the outcome: {outcome:?} {summary_only:?}")
+            }
+        }
         match outcome {
             Ok(summary) => assert!(summary.size <= data.len() as u64),
             Err(error) => {
