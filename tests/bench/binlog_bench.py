@@ -12,7 +12,9 @@ deletes) interleaved with bulk transactions of a few thousand rows, as an OLTP s
 jobs writes them. With --keep DIR the generated binlogs are moved to DIR for later runs.
 
 Then, in one run and with the files in the page cache (each command runs once first, untimed),
-it times, best of --repeat:
+it times, best of --repeat (cat and myhoard in rounds that run each of them once in turn, so
+that a slow spell of a shared machine hits them alike; the server tool, at a minute a run,
+after them):
   - cat FILES > /dev/null                                  the I/O floor;
   - myhoard binlog inspect FILES                           GTIDs, transactions, every CRC checked;
   - myhoard binlog inspect --transactions FILES            plus one JSON line per transaction;
@@ -188,6 +190,19 @@ def best(repeat, argv, shell=False):
     return min(results, key=lambda r: r[0])
 
 
+def best_interleaved(repeat, commands):
+    """Best of `repeat` rounds for each of `commands` (name -> (argv, shell)), every round
+    running each command once in turn: on a shared machine a slow spell then hits all of them
+    alike rather than whichever ran during it, which keeps their ratios steady."""
+    for argv, shell in commands.values():
+        timed(argv, shell)  # warm-up: page cache, binary
+    results = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, (argv, shell) in commands.items():
+            results[name].append(timed(argv, shell))
+    return {name: min(runs, key=lambda r: r[0]) for name, runs in results.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", help="directory of existing binlog.0* files")
@@ -227,17 +242,25 @@ def main():
         print(f"{len(files)} {flavor} binlogs, {total / 1e6:.0f} MB; best of {args.repeat} (page cache warm)",
               flush=True)
 
-        cat_time, _ = best(args.repeat, f"cat {quoted} > /dev/null", shell=True)
-        inspect_time, out = best(args.repeat, [myhoard, "binlog", "inspect"] + files)
+        commands = {
+            "cat": (f"cat {quoted} > /dev/null", True),
+            "inspect": ([myhoard, "binlog", "inspect"] + files, False),
+            "verbose": (f"{myhoard} binlog inspect --transactions {quoted} > /dev/null", True),
+        }
+        if args.baseline:
+            commands["baseline"] = ([args.baseline, "binlog", "inspect"] + files, False)
+            commands["baseline_verbose"] = (
+                f"{args.baseline} binlog inspect --transactions {quoted} > /dev/null", True)
+        timings = best_interleaved(args.repeat, commands)
+        cat_time, _ = timings["cat"]
+        inspect_time, out = timings["inspect"]
         transactions = sum(json.loads(line)["transactions"] for line in out.decode().splitlines())
         gtids = transactions - sum(json.loads(line)["anonymous_transactions"] for line in out.decode().splitlines())
-        verbose_time, _ = best(args.repeat, f"{myhoard} binlog inspect --transactions {quoted} > /dev/null",
-                               shell=True)
+        verbose_time, _ = timings["verbose"]
         baseline_times = None
         if args.baseline:
-            baseline_time, baseline_out = best(args.repeat, [args.baseline, "binlog", "inspect"] + files)
-            baseline_verbose_time, _ = best(
-                args.repeat, f"{args.baseline} binlog inspect --transactions {quoted} > /dev/null", shell=True)
+            baseline_time, baseline_out = timings["baseline"]
+            baseline_verbose_time, _ = timings["baseline_verbose"]
             baseline_times = (baseline_time, baseline_verbose_time)
             # Compared outside the timings: reading a pipe of transaction lines costs more than
             # writing them to /dev/null.
