@@ -869,14 +869,10 @@ impl Scan {
                 self.on_query(kind, end, header.timestamp);
             }
             event::MYSQL_GTID_LOG_EVENT if self.fde.flavor == Flavor::Mysql => {
-                let body = event::mysql_gtid(body, false)
-                    .map_err(|reason| self.malformed(offset, header, reason))?;
-                self.on_gtid_event(offset, header, body)?;
+                self.on_gtid_event(offset, header, &event::mysql_gtid(body, false))?;
             }
             event::MARIADB_GTID_EVENT if self.fde.flavor == Flavor::Mariadb => {
-                let body = event::mariadb_gtid(body, header.server_id)
-                    .map_err(|reason| self.malformed(offset, header, reason))?;
-                self.on_gtid_event(offset, header, body)?;
+                self.on_gtid_event(offset, header, &event::mariadb_gtid(body, header.server_id))?;
             }
             _ => return self.on_rare_event(offset, header, body, truncated),
         }
@@ -887,12 +883,20 @@ impl Scan {
 
     /// A transaction's GTID event: the transaction open before it, if any, ends here (a
     /// server does not write that, see [`TransactionEnd::Boundary`]), and this one starts.
+    ///
+    /// The decoded event is taken by reference, as its decoder returned it: converting the
+    /// result to another error type moves the body into another layout, in pieces whose
+    /// reloads stall the CPU's store forwarding, on every transaction.
     fn on_gtid_event(
         &mut self,
         offset: u64,
         header: &Header,
-        body: GtidEventBody,
+        decoded: &Result<GtidEventBody, event::Malformed>,
     ) -> Result<(), Error> {
+        let body = match decoded {
+            Ok(body) => body,
+            Err(reason) => return Err(self.malformed(offset, header, reason)),
+        };
         self.close(offset, header.timestamp, TransactionEnd::Boundary);
         self.open_transaction(offset, header, body)
             .map_err(|reason| self.malformed(offset, header, reason))
@@ -942,14 +946,13 @@ impl Scan {
             | event::MARIADB_GTID_EVENT
                 if Scan::decodes(flavor, event_type) =>
             {
-                let body = match event_type {
+                let decoded = match event_type {
                     event::MYSQL_GTID_LOG_EVENT => event::mysql_gtid(body, false),
                     event::MYSQL_ANONYMOUS_GTID_LOG_EVENT => event::mysql_gtid(body, true),
                     event::MYSQL_GTID_TAGGED_LOG_EVENT => event::mysql_tagged_gtid(body),
                     _ => event::mariadb_gtid(body, header.server_id),
-                }
-                .map_err(|reason| malformed(&self.file, reason))?;
-                self.on_gtid_event(offset, header, body)?;
+                };
+                self.on_gtid_event(offset, header, &decoded)?;
             }
             event::XID_EVENT => self.close(end, header.timestamp, TransactionEnd::Xid),
             event::XA_PREPARE_LOG_EVENT => {
@@ -1041,11 +1044,11 @@ impl Scan {
         &mut self,
         offset: u64,
         header: &Header,
-        body: GtidEventBody,
+        body: &GtidEventBody,
     ) -> Result<(), event::Malformed> {
-        let gtid = match body.gtid {
+        let gtid = match &body.gtid {
             Some((origin, sequence)) => {
-                Some(Gtid::new(origin, sequence).map_err(|_| "gtid sequence number 0")?)
+                Some(Gtid::new(origin.clone(), *sequence).map_err(|_| "gtid sequence number 0")?)
             }
             None => None,
         };
