@@ -1048,7 +1048,11 @@ impl Scan {
     ) -> Result<(), event::Malformed> {
         let gtid = match &body.gtid {
             Some((origin, sequence)) => {
-                Some(Gtid::new(origin.clone(), *sequence).map_err(|_| "gtid sequence number 0")?)
+                let gtid = Gtid::checked(origin.clone(), *sequence);
+                if gtid.is_none() {
+                    return Err("gtid sequence number out of range");
+                }
+                gtid
             }
             None => None,
         };
