@@ -593,9 +593,8 @@ impl<'a> Cursor<'a> {
 }
 
 /// A little-endian unsigned integer of at most 8 bytes, assembled in a register. Copying the
-/// bytes into a zeroed `[u8; 8]` instead has the compiler store them at odd widths and load
-/// them back whole, which defeats the CPU's store forwarding: that stall was the largest single
-/// cost of reading a GTID event.
+/// bytes into a zeroed `[u8; 8]` instead had the compiler store them at odd widths and load
+/// them back whole, which the CPU's store forwarding cannot serve.
 fn le_uint(bytes: &[u8]) -> u64 {
     debug_assert!(bytes.len() <= 8);
     bytes
