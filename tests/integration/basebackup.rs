@@ -218,15 +218,23 @@ fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 /// Starts replicating `source` on `reference` (a fresh server from the same template) and
-/// stops the applier exactly after `gtid`, the snapshot's position; returns once it is there.
-fn replicate_until(reference: &DbServer, source: &DbServer, gtid: &str) {
+/// stops the applier exactly at the snapshot's position, whose GTIDs are `gtid`; returns once
+/// it is there. MySQL stops at the snapshot's binlog position: its `SQL_AFTER_GTIDS` runs one
+/// or two transactions past a set whose last transaction is tagged.
+fn replicate_until(reference: &DbServer, source: &DbServer, snapshot: &SnapshotResult) {
+    let gtid = snapshot.gtid.as_deref().expect("snapshot gtid");
     let statements = match reference.flavor() {
         Flavor::MySql => format!(
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST='127.0.0.1', SOURCE_PORT={}, \
              SOURCE_USER='{USER}', SOURCE_PASSWORD='{PASSWORD}', SOURCE_AUTO_POSITION=1, \
              GET_SOURCE_PUBLIC_KEY=1, SOURCE_CONNECT_RETRY=1; \
-             START REPLICA UNTIL SQL_AFTER_GTIDS='{gtid}'",
-            source.port()
+             START REPLICA UNTIL SOURCE_LOG_FILE='{}', SOURCE_LOG_POS={}",
+            source.port(),
+            snapshot
+                .binlog_name
+                .as_deref()
+                .expect("snapshot binlog name"),
+            snapshot.binlog_position.expect("snapshot binlog position"),
         ),
         Flavor::MariaDb => format!(
             "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='{USER}', \
@@ -418,7 +426,7 @@ fn snapshot_during_writes_restores_identical_data(flavor: Flavor) {
         ..DbOptions::server_id(3)
     };
     let reference = DbServer::start(flavor, reference_options).expect("reference server");
-    replicate_until(&reference, &source, &snapshot_gtid);
+    replicate_until(&reference, &source, &result);
     assert_eq!(
         gtid_set(lib_flavor, &reference.gtid_executed()),
         snapshot_set
