@@ -848,8 +848,10 @@ pub struct BatchState {
     pub expected_gtids: GtidSet,
     pub until: Option<BatchUntil>,
     /// Where the last relay log is cut: the start of the first transaction not to apply. The
-    /// UNTIL clause alone is not enough: MySQL's multi-threaded applier, started again after
-    /// a crash left gaps to fill, has been seen to run past `UNTIL SQL_AFTER_GTIDS`; with
+    /// UNTIL clause alone is not enough: MySQL's multi-threaded applier has been seen to run
+    /// past `UNTIL SQL_AFTER_GTIDS` when started again after a crash left gaps to fill, and,
+    /// without any crash, when the last GTID to apply is tagged and still being applied as the
+    /// next transaction comes (MySQL 9.7.4: five transactions past, in the replay test). With
     /// nothing after the stop in the relay logs, nothing can be applied past it.
     #[serde(default)]
     pub cut_last_at: Option<u64>,

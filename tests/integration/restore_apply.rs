@@ -407,6 +407,26 @@ fn epoch_now() -> Duration {
     ok(SystemTime::now().duration_since(UNIX_EPOCH))
 }
 
+/// Ends the source's history so far with a tagged transaction that takes the applier a while
+/// (an update of 32k rows). MySQL's `UNTIL SQL_AFTER_GTIDS` runs past such a stop, as its
+/// applier goes on to the next transactions while a worker still applies this one (five more
+/// when the relay log was left whole): the replay must stop there all the same.
+fn end_with_a_large_tagged_transaction(source: &DbServer) {
+    source.sql(
+        "CREATE DATABASE IF NOT EXISTS myhoard_mark; \
+         CREATE TABLE myhoard_mark.wide (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(200)); \
+         INSERT INTO myhoard_mark.wide (v) VALUES (REPEAT('x', 200))",
+    );
+    for _ in 0..15 {
+        source.sql("INSERT INTO myhoard_mark.wide (v) SELECT v FROM myhoard_mark.wide");
+    }
+    source.sql(
+        "SET gtid_next = 'AUTOMATIC:mark'; \
+         UPDATE myhoard_mark.wide SET v = REPEAT('y', 200); \
+         SET gtid_next = 'AUTOMATIC'",
+    );
+}
+
 fn replays_to_a_gtid_a_time_and_the_latest_through_crashes(server_flavor: ServerFlavor) {
     let Some(source) = DbServer::start(server_flavor, DbOptions::server_id(1)) else {
         return;
@@ -441,6 +461,9 @@ fn replays_to_a_gtid_a_time_and_the_latest_through_crashes(server_flavor: Server
         Duration::from_secs(4),
         Duration::from_millis(900),
     );
+    if flavor.is_mysql() {
+        end_with_a_large_tagged_transaction(&source);
+    }
     let gtid_mark = mark(&source, &mut source_client);
     let target_gtid = last_transaction_gtid(
         &source
