@@ -1463,6 +1463,31 @@ fn remove_with_prefix(prefix: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes `<relay prefix>.prefetch.<slot>.part` files; complete downloads are kept.
+fn remove_partial_downloads(relay_prefix: &Path) {
+    let Some(dir) = relay_prefix.parent() else {
+        return;
+    };
+    let Some(stem) = relay_prefix
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+    else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{stem}.prefetch.")) && name.ends_with(".part") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => log::info!("removed the partial download {name}"),
+                Err(err) => log::warn!("removing the partial download {name}: {err}"),
+            }
+        }
+    }
+}
+
 fn remove_prefetched(relay_prefix: &Path) {
     let Some(dir) = relay_prefix.parent() else {
         return;
@@ -1514,6 +1539,9 @@ impl Downloads {
         workers: usize,
         relay_prefix: PathBuf,
     ) -> anyhow::Result<Downloads> {
+        // A daemon killed while downloading left its partial files: nothing resumes them, and
+        // until their slot is queued again they would hold disk outside the budget.
+        remove_partial_downloads(&relay_prefix);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<DownloadJob>();
         let (results_tx, results_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
@@ -1693,6 +1721,25 @@ pub(crate) fn download_binlog(
 mod tests {
     use super::*;
     use crate::gtid::{GtidRange, Origin};
+
+    #[test]
+    fn only_partial_downloads_of_this_relay_prefix_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            ("relay.prefetch.000003.part", false),
+            ("relay.prefetch.000004", true),
+            ("relay.000001", true),
+            ("relay.index", true),
+            ("other.prefetch.000003.part", true),
+        ];
+        for (name, _) in names {
+            std::fs::write(dir.path().join(name), b"bytes").expect("writing");
+        }
+        remove_partial_downloads(&dir.path().join("relay"));
+        for (name, kept) in names {
+            assert_eq!(dir.path().join(name).exists(), kept, "{name}");
+        }
+    }
 
     /// A binlog of stream `stream` holding MariaDB GTIDs 0-1-`start`..=`end` (none when
     /// `start` is 0).
