@@ -4,9 +4,9 @@
 //! The main test per flavour takes a snapshot while a load keeps writing, restores it into a
 //! fresh data directory, starts a second server on it and compares every table with the
 //! source *at the snapshot's GTID position*. That reference state comes from a third server: a
-//! replica of the source told to stop exactly at that position (`START REPLICA UNTIL
-//! SQL_AFTER_GTIDS` / `START SLAVE UNTIL master_gtid_pos`), so the writes never have to stop
-//! while the snapshot runs. Other tests: a tampered split fails the restore with an integrity
+//! replica of the source told to stop exactly at that position (MySQL `START REPLICA UNTIL
+//! SOURCE_LOG_FILE/SOURCE_LOG_POS` at the snapshot's binlog position, MariaDB `START SLAVE
+//! UNTIL master_gtid_pos`), so the writes never have to stop while the snapshot runs. Other tests: a tampered split fails the restore with an integrity
 //! error and leaves the data directory untouched; a non-empty data directory is refused; a
 //! cancelled snapshot kills the tool and leaves nothing behind.
 
