@@ -6,9 +6,10 @@
 //! source *at the snapshot's GTID position*. That reference state comes from a third server: a
 //! replica of the source told to stop exactly at that position (MySQL `START REPLICA UNTIL
 //! SOURCE_LOG_FILE/SOURCE_LOG_POS` at the snapshot's binlog position, MariaDB `START SLAVE
-//! UNTIL master_gtid_pos`), so the writes never have to stop while the snapshot runs. Other tests: a tampered split fails the restore with an integrity
-//! error and leaves the data directory untouched; a non-empty data directory is refused; a
-//! cancelled snapshot kills the tool and leaves nothing behind.
+//! UNTIL master_gtid_pos`), so the writes never have to stop while the snapshot runs. Other
+//! tests: a tampered split fails the restore with an integrity error and leaves the data
+//! directory untouched; a non-empty data directory is refused; a cancelled snapshot kills the
+//! tool and leaves nothing behind.
 
 use std::fs;
 use std::path::{Path, PathBuf};
