@@ -128,6 +128,25 @@ fn snapshot(
     on_progress: &(dyn Fn(&SnapshotProgress) + Sync),
 ) -> (Result<SnapshotResult, Error>, Vec<SnapshotProgress>) {
     let storage = bench.storage(config);
+    snapshot_into(
+        storage.as_ref(),
+        config,
+        flavor,
+        split_size,
+        cancel,
+        on_progress,
+    )
+}
+
+/// [`snapshot`] into `storage`.
+fn snapshot_into(
+    storage: &dyn ObjectStorage,
+    config: &Config,
+    flavor: myhoard::db::Flavor,
+    split_size: Option<u64>,
+    cancel: &AtomicBool,
+    on_progress: &(dyn Fn(&SnapshotProgress) + Sync),
+) -> (Result<SnapshotResult, Error>, Vec<SnapshotProgress>) {
     let site = &config.backup_sites[SITE];
     let reports = Mutex::new(Vec::new());
     let progress = |progress: &SnapshotProgress| {
@@ -138,7 +157,7 @@ fn snapshot(
     let job = SnapshotJob {
         flavor,
         config,
-        storage: storage.as_ref(),
+        storage,
         key_prefix: KEY_PREFIX,
         encoding: Encoding {
             compression: CompressionSettings {
@@ -573,11 +592,18 @@ fn cancelled_snapshot_kills_the_tool_and_cleans_up() {
     let seed = Load::run(&source, Until::Duration(Duration::from_secs(3)), 31).join();
     assert!(seed.errors.is_empty(), "{seed:?}");
     let cancel = AtomicBool::new(false);
+    // mariabackup can finish a small data directory before the first report (a second in):
+    // uploads wait for the cancel, so it always lands while the stream is in flight.
+    let storage = bench.storage(&config);
+    let held = HeldUntilCancelled {
+        inner: storage.as_ref(),
+        cancel: &cancel,
+    };
     let started = Instant::now();
-    // The first report comes about a second in, long before mariabackup is done.
-    let (result, reports) = snapshot(&bench, &config, db_flavor(&source), None, &cancel, &|_| {
-        cancel.store(true, Ordering::SeqCst);
-    });
+    let (result, reports) =
+        snapshot_into(&held, &config, db_flavor(&source), None, &cancel, &|_| {
+            cancel.store(true, Ordering::SeqCst)
+        });
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(!reports.is_empty());
@@ -586,9 +612,68 @@ fn cancelled_snapshot_kills_the_tool_and_cleans_up() {
         "{:?}",
         leftovers(&config.temporary_directory)
     );
-    // The single split was never completed, so no object is visible under its key.
-    let storage = bench.storage(&config);
+    // The single split was cut off mid-stream, so no object is visible under its key.
     assert!(storage.head(&split_key(KEY_PREFIX, 1)).is_err());
+    assert!(
+        storage
+            .list(
+                "",
+                storage::ListOptions {
+                    deep: true,
+                    with_metadata: false
+                }
+            )
+            .expect("list")
+            .objects
+            .is_empty()
+    );
+}
+
+/// Object storage whose uploads start only once `cancel` is set (at most a minute later).
+struct HeldUntilCancelled<'a> {
+    inner: &'a dyn ObjectStorage,
+    cancel: &'a AtomicBool,
+}
+
+impl ObjectStorage for HeldUntilCancelled<'_> {
+    fn put(
+        &self,
+        key: &str,
+        body: &mut dyn std::io::Read,
+        metadata: &Metadata,
+    ) -> storage::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.cancel.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.inner.put(key, body, metadata)
+    }
+
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> storage::Result<u64> {
+        self.inner.get_range(key, start, end, out)
+    }
+
+    fn head(&self, key: &str) -> storage::Result<storage::ObjectInfo> {
+        self.inner.head(key)
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        options: storage::ListOptions,
+    ) -> storage::Result<storage::Listing> {
+        self.inner.list(prefix, options)
+    }
+
+    fn delete(&self, key: &str) -> storage::Result<()> {
+        self.inner.delete(key)
+    }
 }
 
 #[test]
