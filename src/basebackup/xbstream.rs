@@ -31,6 +31,9 @@ pub(super) fn take(
         SnapshotStage::Streaming,
         start_size.map_or(0, |size| size.estimate_bytes),
     );
+    // Reported at once, so the snapshot shows as in progress from its start: the watchdog's
+    // first tick is a second away, and a small data directory can be done before it.
+    meter.report();
 
     let scratch = scratch_dir(config, "myhoard-basebackup-")?;
     let defaults_file = scratch.path().join("backup.cnf");

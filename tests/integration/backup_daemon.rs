@@ -189,23 +189,28 @@ fn backup_under_load(flavor: Flavor) {
     }) else {
         return;
     };
-    let load = Load::run(&db, Until::Duration(Duration::from_secs(40)), 11);
+    let load = Load::run(&db, Until::Stopped, 11);
     let backup = daemon.wait_completed_backup(Duration::from_secs(300));
-    let stats = load.join();
+    // Forced rotation starts once the snapshot is done, however long that took on this
+    // machine: the load goes on until it has made a few binlogs.
+    let stream_id = backup["stream_id"].as_str().unwrap_or_default();
+    let config_path = daemon.dir().join("myhoard.json");
+    daemon.wait_for(
+        "five binlogs from forced rotation every 2 s",
+        Duration::from_secs(120),
+        |_| {
+            std::thread::sleep(Duration::from_secs(1));
+            (stream_binlogs(&stored_objects(&config_path), stream_id).len() >= 5).then_some(())
+        },
+    );
+    let stats = load.stop();
     assert!(
-        stats.transactions > 100,
-        "the load committed too little: {stats:?}"
+        stats.transactions > 100 && stats.errors.is_empty(),
+        "the load committed too little or failed: {stats:?}"
     );
     daemon.rotate_and_wait();
     let executed = server_gtids(&db);
     wait_gapless_stream(&daemon, &backup, &executed);
-    let objects = stored_objects(&daemon.dir().join("myhoard.json"));
-    let binlogs = stream_binlogs(&objects, backup["stream_id"].as_str().unwrap_or_default());
-    assert!(
-        binlogs.len() >= 5,
-        "forced rotation every 2 s made only {} binlogs",
-        binlogs.len()
-    );
     // GET /backup lists it as MyHoard does.
     let listed = daemon.backups();
     let entry = listed
@@ -340,10 +345,13 @@ fn kill9_during_snapshot_and_uploads(flavor: Flavor) {
         return;
     };
     let load = Load::run(&db, Until::Stopped, 21);
-    // 1. During the snapshot, 0.7 s after the start: it takes over 10 s here on both flavours
-    // (MySQL's clone plus its temporary server about 20 s). The killed process's whole log
-    // must show the snapshot started and not stored.
-    std::thread::sleep(Duration::from_millis(700));
+    // 1. During the snapshot, 0.5 s after it started: it takes over 10 s here on both
+    // flavours (MySQL's clone plus its temporary server about 20 s). The killed process's
+    // whole log must show the snapshot started and not stored.
+    daemon.wait_for("the snapshot to start", Duration::from_secs(60), |d| {
+        d.log_text().contains(SNAPSHOT_STARTED).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
     daemon.kill9();
     let log = daemon.log_text();
     assert!(

@@ -318,7 +318,7 @@ fn snapshot_during_writes_restores_identical_data(flavor: Flavor) {
     options.threads = 1;
     let load = Load::run_with(&source, options);
     let cancel = AtomicBool::new(false);
-    let split_size = 8 << 20;
+    let split_size = 4 << 20;
     let (result, reports) = snapshot(
         &bench,
         &config,
@@ -592,9 +592,11 @@ fn cancelled_snapshot_kills_the_tool_and_cleans_up() {
     let seed = Load::run(&source, Until::Duration(Duration::from_secs(3)), 31).join();
     assert!(seed.errors.is_empty(), "{seed:?}");
     let cancel = AtomicBool::new(false);
-    // mariabackup can finish a small data directory before the first report (a second in):
-    // uploads wait for the cancel, so it always lands while the stream is in flight.
+    // mariabackup can finish a small data directory before the watchdog's first tick (the
+    // second report, a second in): uploads wait for the cancel, so it always lands while the
+    // stream is in flight and mariabackup waits on its full pipe.
     let storage = bench.storage(&config);
+    let reports_seen = AtomicU32::new(0);
     let held = HeldUntilCancelled {
         inner: storage.as_ref(),
         cancel: &cancel,
@@ -602,11 +604,13 @@ fn cancelled_snapshot_kills_the_tool_and_cleans_up() {
     let started = Instant::now();
     let (result, reports) =
         snapshot_into(&held, &config, db_flavor(&source), None, &cancel, &|_| {
-            cancel.store(true, Ordering::SeqCst)
+            if reports_seen.fetch_add(1, Ordering::SeqCst) == 1 {
+                cancel.store(true, Ordering::SeqCst);
+            }
         });
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(!reports.is_empty());
+    assert!(reports.len() >= 2, "{reports:?}");
     assert!(
         leftovers(&config.temporary_directory).is_empty(),
         "{:?}",

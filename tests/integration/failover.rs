@@ -94,9 +94,10 @@ fn survives_a_failover(flavor: Flavor) {
     other_standby.flush_binary_logs();
     let closed = other_standby.binlog_files()[0].clone();
     master_daemon.rotate_and_wait();
+    // Within the observer's 10 s round, a purge round and a listing; slack for a busy machine.
     other_daemon.wait_for(
         "the standby's binlog purged",
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         |_| (!closed.exists()).then_some(()),
     );
 

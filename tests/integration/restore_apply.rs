@@ -324,7 +324,14 @@ fn apply_through_a_kill(
     hand_over(&mut client, persisted, batch);
     let before = applied(&mut client).to_gtid_set();
     let deadline = Instant::now() + APPLY_TIMEOUT;
-    while applied(&mut client).to_gtid_set() == before {
+    // A few transactions in, so the position MariaDB saved after its commits has moved past
+    // some of them (it may lag the last commit: the window the rewind below makes certain).
+    while applied(&mut client)
+        .to_gtid_set()
+        .difference(&before)
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "the batch does not progress");
         thread::sleep(Duration::from_millis(5));
     }

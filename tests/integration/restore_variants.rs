@@ -261,12 +261,25 @@ fn falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(flavor: Flavor)
     let request = json!({"mode": "restore", "site": "default", "stream_id": second_id});
     let (status, body) = target.daemon.put("/status", request);
     assert_eq!(status, 200, "{body}");
+    let state_path = target
+        .daemon
+        .dir()
+        .join("state")
+        .join("restore_coordinator_state.json");
+    let saved_state =
+        || -> Option<Value> { serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok() };
+    // The failure is logged before the end of the search is saved: wait for both.
     target
         .daemon
         .wait_for("the restore to fail", Duration::from_secs(300), |d| {
             let (code, status) = d.get("/status/restore");
             let failed = code == 200 && status["phase"] == "failed_basebackup";
-            (failed && d.log_text().contains("the restore fails")).then_some(())
+            if !(failed && d.log_text().contains("the restore fails")) {
+                return None;
+            }
+            saved_state()
+                .is_some_and(|state| state["no_earlier_backup"] == true)
+                .then_some(())
         });
 
     // A daemon killed after saving the failure and before looking for an earlier backup
@@ -274,14 +287,7 @@ fn falls_back_to_the_earlier_backup_when_the_snapshot_is_corrupt(flavor: Flavor)
     // in sight) is found.
     target.daemon.kill9();
     std::fs::rename(&hidden_dir, &first_dir).expect("bringing the first backup back");
-    let state_path = target
-        .daemon
-        .dir()
-        .join("state")
-        .join("restore_coordinator_state.json");
-    let mut state: Value =
-        serde_json::from_slice(&std::fs::read(&state_path).expect("reading the restore state"))
-            .expect("the restore state is JSON");
+    let mut state = saved_state().expect("the restore state");
     assert_eq!(state["phase"], "failed_basebackup", "{state}");
     assert_eq!(state["no_earlier_backup"], true, "{state}");
     state["no_earlier_backup"] = false.into();

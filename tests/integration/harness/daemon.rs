@@ -295,11 +295,13 @@ impl Daemon {
         })
     }
 
-    /// `POST /backup {"backup_type": "binlog", "wait_for_upload": 30}`.
+    /// `POST /backup {"backup_type": "binlog", "wait_for_upload": 90}`. The daemon answers
+    /// 200 when the wait times out too (as MyHoard does), so the wait is long enough for a
+    /// loaded machine, and short of the client's 120 s timeout.
     pub fn rotate_and_wait(&self) {
         let (status, body) = self.post(
             "/backup",
-            json!({"backup_type": "binlog", "wait_for_upload": 30}),
+            json!({"backup_type": "binlog", "wait_for_upload": 90}),
         );
         assert_eq!(status, 200, "rotate: {body}\n{}", self.log_tail());
     }

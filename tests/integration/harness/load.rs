@@ -666,17 +666,19 @@ impl Worker {
                 };
                 conn.query_drop(statement)?;
                 if self.ddl_step < 3 {
+                    // The DDL committed on its own: counted before the next statement, so a
+                    // kill leaves at most one transaction per worker uncounted.
+                    self.count(effect, tagged);
+                    effect = Effect {
+                        inserted: 1,
+                        ..Effect::default()
+                    };
                     // Some rows to carry through the next ALTER (a transaction of its own).
                     let id = self.ddl_step;
                     conn.query_drop(format!(
                         "INSERT INTO {table} (id, label, doc) VALUES ({id}, '{}', '{{\"step\": {id}}}')",
                         self.text(1, 20)
                     ))?;
-                    self.count(effect, tagged);
-                    effect = Effect {
-                        inserted: 1,
-                        ..Effect::default()
-                    };
                 }
                 self.ddl_step += 1;
                 if self.ddl_step == 4 {

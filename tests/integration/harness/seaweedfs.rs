@@ -178,10 +178,11 @@ impl SeaweedFs {
         let mut process = ServerProcess::spawn("weed mini", command, &dir.join("weed.log"))
             .map_err(|err| format!("spawning {}: {err}", self.weed.display()))?;
         let port = p.s3;
-        let ready = wait_for_port(port, Duration::from_secs(30), &mut process).and_then(|()| {
+        // Generous: `weed mini` starts five services, on two cores shared with busy tests.
+        let ready = wait_for_port(port, Duration::from_secs(90), &mut process).and_then(|()| {
             wait_until(
                 "creating a bucket on SeaweedFS",
-                Duration::from_secs(30),
+                Duration::from_secs(90),
                 &mut process,
                 || create_bucket(port, READY_BUCKET, true),
             )
