@@ -2,7 +2,9 @@
 //!
 //! 1. `CLONE LOCAL DATA DIRECTORY` copies the server's InnoDB data into `data/` of a private
 //!    directory under `temporary_directory` (the server writes it, so its user needs access).
-//!    It runs on a helper thread; cancelling kills the statement with `KILL QUERY`.
+//!    It runs on a helper thread; cancelling kills the statement with `KILL QUERY`. The
+//!    server goes on with a `CLONE` whose daemon was killed: the next snapshot stops it the
+//!    same way before it clears the scratch space and starts its own.
 //! 2. The clone's consistent point (binlog file, position, `gtid_executed`) is not known yet:
 //!    `performance_schema.clone_status` on the donor leaves it empty for a local clone, and a
 //!    server fills it in only when it first starts on the cloned directory
@@ -42,6 +44,10 @@ const TEMPORARY_SERVER_TIMEOUT: Duration = Duration::from_secs(600);
 /// `ER_UDF_EXISTS`: `INSTALL PLUGIN clone` when it is already installed.
 const ER_UDF_EXISTS: u16 = 1125;
 const LOG_TARGET_MYSQLD: &str = "myhoard::basebackup::mysqld";
+/// Names the scratch directories of clone snapshots under `temporary_directory`.
+const SCRATCH_PREFIX: &str = "myhoard-clone-";
+/// How long a `CLONE` left running by a killed daemon may take to end once stopped.
+const INTERRUPTED_CLONE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(super) fn take(job: &SnapshotJob<'_>) -> Result<SnapshotResult, Error> {
     let start_ts = unix_now();
@@ -54,7 +60,15 @@ pub(super) fn take(job: &SnapshotJob<'_>) -> Result<SnapshotResult, Error> {
     );
     meter.report();
 
-    let scratch = scratch_dir(config, "myhoard-clone-")?;
+    let params = &config.mysql.client_params;
+    let mut client = Client::connect_with_timeout(params, db::LONG_TIMEOUT)?;
+    let tool_version = client.version_string().to_owned();
+    ensure_clone_plugin(job, &mut client)?;
+    // Before `scratch_dir` clears what interrupted snapshots left.
+    stop_interrupted_clones(job, &mut client);
+    drop(client);
+
+    let scratch = scratch_dir(config, SCRATCH_PREFIX)?;
     let root = absolute(scratch.path())?;
     let clone_dir = root.join("data");
     let run_dir = root.join("run");
@@ -63,12 +77,6 @@ pub(super) fn take(job: &SnapshotJob<'_>) -> Result<SnapshotResult, Error> {
         path: run_dir.clone(),
         source,
     })?;
-
-    let params = &config.mysql.client_params;
-    let mut client = Client::connect_with_timeout(params, db::LONG_TIMEOUT)?;
-    let tool_version = client.version_string().to_owned();
-    ensure_clone_plugin(job, &mut client)?;
-    drop(client);
     clone_into(job, &meter, &clone_dir)?;
 
     meter.set_stage(SnapshotStage::ReadingClonePosition);
@@ -149,6 +157,58 @@ fn ensure_clone_plugin(job: &SnapshotJob<'_>, client: &mut Client) -> Result<(),
         Ok(()) => Ok(()),
         Err(err) if err.code() == Some(ER_UDF_EXISTS) => Ok(()),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// Stops the `CLONE` of a daemon killed mid-snapshot, which the server carries on with after
+/// its client is gone, and waits for it to end. Left running, it would write into the scratch
+/// directory that is about to be removed (a removal that can then fail half-way and leave
+/// the directory behind) and hold the server's one clone slot, so the new `CLONE` would be
+/// refused. Failing here is logged, not returned: `CLONE` then says what is wrong.
+fn stop_interrupted_clones(job: &SnapshotJob<'_>, client: &mut Client) {
+    let query = match job
+        .flavor
+        .running_local_clones_query(&format!("%/{SCRATCH_PREFIX}%"))
+    {
+        Ok(query) => query,
+        Err(err) => {
+            log::warn!("cannot look for interrupted clones: {err}");
+            return;
+        }
+    };
+    let deadline = Instant::now() + INTERRUPTED_CLONE_TIMEOUT;
+    let mut killed = HashSet::new();
+    loop {
+        let running = match client.query_text(&query) {
+            Ok(ids) => ids.unwrap_or_default(),
+            Err(err) => {
+                log::warn!("cannot look for interrupted clones: {err}");
+                return;
+            }
+        };
+        let ids: Vec<u64> = running
+            .split(',')
+            .filter_map(|id| id.trim().parse().ok())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "the CLONE of an interrupted snapshot still runs (connections {running}) after {}s",
+                INTERRUPTED_CLONE_TIMEOUT.as_secs()
+            );
+            return;
+        }
+        for id in ids {
+            if killed.insert(id) {
+                log::warn!("stopping the CLONE of an interrupted snapshot (connection {id})");
+                if let Err(err) = client.execute(&format!("KILL QUERY {id}")) {
+                    log::warn!("stopping the CLONE in connection {id}: {err}");
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
     }
 }
 

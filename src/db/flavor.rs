@@ -58,6 +58,8 @@ pub const MYSQL_MINIMUM: Version = Version::new(8, 0, 0);
 const MYSQL_REPLICA_STATEMENTS: Version = Version::new(8, 0, 22);
 /// `CHANGE REPLICATION SOURCE TO` with `SOURCE_*` options, `UNTIL SOURCE_LOG_FILE`.
 const MYSQL_CHANGE_REPLICATION_SOURCE: Version = Version::new(8, 0, 23);
+/// `performance_schema.processlist`; `information_schema.PROCESSLIST` is deprecated from 8.0.35.
+const MYSQL_PERFORMANCE_SCHEMA_PROCESSLIST: Version = Version::new(8, 0, 22);
 /// `--skip-replica-start`, `--replica-preserve-commit-order`.
 const MYSQL_REPLICA_OPTIONS: Version = Version::new(8, 0, 26);
 /// `SHOW BINARY LOG STATUS`; 8.4 removed `SHOW MASTER STATUS`.
@@ -722,6 +724,25 @@ impl Flavor {
             Flavor::MySql(_) => Ok(format!(
                 "CLONE LOCAL DATA DIRECTORY = {}",
                 sql_string(&directory.display().to_string())
+            )),
+            Flavor::MariaDb(_) => Err(self.unsupported("clone a server (MySQL's clone plugin)")),
+        }
+    }
+
+    /// MySQL: the connection ids (comma-separated; NULL when there are none) of the other
+    /// sessions of this user running a [`Flavor::clone_local_statement`] into a directory whose
+    /// path matches `directory_like` (a `LIKE` pattern).
+    pub fn running_local_clones_query(self, directory_like: &str) -> Result<String, Error> {
+        let processlist = if self.mysql_at_least(MYSQL_PERFORMANCE_SCHEMA_PROCESSLIST) {
+            "performance_schema.processlist"
+        } else {
+            "information_schema.PROCESSLIST"
+        };
+        match self {
+            Flavor::MySql(_) => Ok(format!(
+                "SELECT GROUP_CONCAT(ID) FROM {processlist} \
+                 WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND INFO LIKE {}",
+                sql_string(&format!("CLONE LOCAL DATA DIRECTORY = '{directory_like}'"))
             )),
             Flavor::MariaDb(_) => Err(self.unsupported("clone a server (MySQL's clone plugin)")),
         }
@@ -1546,29 +1567,43 @@ mod tests {
     #[test]
     fn clone_statements() {
         let directory = Path::new("/var/lib/myhoard/clone");
-        let mysql = (
-            Ok("INSTALL PLUGIN clone SONAME 'mysql_clone.so'"),
-            Ok("CLONE LOCAL DATA DIRECTORY = '/var/lib/myhoard/clone'".to_owned()),
-        );
+        let running_clones = |processlist: &str| {
+            Ok(format!(
+                "SELECT GROUP_CONCAT(ID) FROM {processlist} WHERE ID <> CONNECTION_ID() \
+                 AND COMMAND = 'Query' AND INFO LIKE 'CLONE LOCAL DATA DIRECTORY = ''%/x-%'''"
+            ))
+        };
+        let mysql = |processlist| {
+            (
+                Ok("INSTALL PLUGIN clone SONAME 'mysql_clone.so'"),
+                Ok("CLONE LOCAL DATA DIRECTORY = '/var/lib/myhoard/clone'".to_owned()),
+                running_clones(processlist),
+            )
+        };
         let unsupported = Error::Unsupported {
             flavor: "MariaDB",
             what: "clone a server (MySQL's clone plugin)",
         };
-        let mariadb = (Err(unsupported.clone()), Err(unsupported));
+        let mariadb = (
+            Err(unsupported.clone()),
+            Err(unsupported.clone()),
+            Err(unsupported),
+        );
         check(
             &[
                 (MARIADB_10_6, mariadb.clone()),
                 (MARIADB_10_11, mariadb.clone()),
                 (MARIADB_11_4, mariadb),
-                (MYSQL_8_0_21, mysql.clone()),
-                (MYSQL_8_0_36, mysql.clone()),
-                (MYSQL_8_4_3, mysql.clone()),
-                (MYSQL_9_7_0, mysql),
+                (MYSQL_8_0_21, mysql("information_schema.PROCESSLIST")),
+                (MYSQL_8_0_36, mysql("performance_schema.processlist")),
+                (MYSQL_8_4_3, mysql("performance_schema.processlist")),
+                (MYSQL_9_7_0, mysql("performance_schema.processlist")),
             ],
             |flavor| {
                 (
                     flavor.install_clone_plugin_statement(),
                     flavor.clone_local_statement(directory),
+                    flavor.running_local_clones_query("%/x-%"),
                 )
             },
         );
