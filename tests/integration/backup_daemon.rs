@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -348,15 +348,29 @@ fn kill9_during_snapshot_and_uploads(flavor: Flavor) {
     // 1. During the snapshot: MariaDB's half a second after it started (it takes over 10 s
     // here), MySQL's while the server runs the daemon's CLONE, which goes on after the daemon
     // is gone. The killed process's whole log must show the snapshot started and not stored.
-    daemon.wait_for("the snapshot to start", Duration::from_secs(60), |d| {
-        d.log_text().contains(SNAPSHOT_STARTED).then_some(())
-    });
     match flavor {
-        Flavor::MariaDb => std::thread::sleep(Duration::from_millis(500)),
-        Flavor::MySql => daemon.wait_for("the CLONE to run", Duration::from_secs(60), |_| {
-            std::thread::sleep(Duration::from_millis(20));
-            (db.query_value::<u64>(RUNNING_CLONES) > 0).then_some(())
-        }),
+        Flavor::MariaDb => {
+            daemon.wait_for("the snapshot to start", Duration::from_secs(60), |d| {
+                d.log_text().contains(SNAPSHOT_STARTED).then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Flavor::MySql => {
+            // Polled closely, as a small clone may take only a second or so. Should it be
+            // missed all the same, the kill comes while the temporary server starts, still
+            // within the snapshot.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while db.query_value::<u64>(RUNNING_CLONES) == 0
+                && !daemon.log_text().contains(CLONE_COPIED)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the daemon's CLONE never ran:\n{}",
+                    daemon.log_tail()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
     daemon.kill9();
     let log = daemon.log_text();
@@ -453,6 +467,9 @@ fn kill9_during_snapshot_and_uploads(flavor: Flavor) {
 /// How many `CLONE` statements a MySQL server runs.
 const RUNNING_CLONES: &str =
     "SELECT COUNT(*) FROM performance_schema.processlist WHERE INFO LIKE 'CLONE LOCAL%'";
+
+/// What the daemon logs once the server's CLONE is done.
+const CLONE_COPIED: &str = "starting a temporary server on the cloned data";
 
 /// What the daemon logs when it starts a snapshot.
 const SNAPSHOT_STARTED: &str = "taking the snapshot of stream";
