@@ -730,8 +730,9 @@ impl Flavor {
     }
 
     /// MySQL: the connection ids (comma-separated; NULL when there are none) of the other
-    /// sessions of this user running a [`Flavor::clone_local_statement`] into a directory whose
-    /// path matches `directory_like` (a `LIKE` pattern).
+    /// sessions running a [`Flavor::clone_local_statement`] into a directory whose path matches
+    /// `directory_like` (a `LIKE` pattern). Without the `PROCESS` privilege a user sees only its
+    /// own sessions, which include those of an earlier daemon.
     pub fn running_local_clones_query(self, directory_like: &str) -> Result<String, Error> {
         let processlist = if self.mysql_at_least(MYSQL_PERFORMANCE_SCHEMA_PROCESSLIST) {
             "performance_schema.processlist"
