@@ -117,29 +117,9 @@ fn split_metadata() -> Metadata {
     metadata
 }
 
-/// Takes a snapshot of the server `config` describes into the bench's storage, collecting
-/// progress reports. `on_progress` may set the cancel flag.
+/// Takes a snapshot of the server `config` describes into `storage` (the bench's, or a
+/// wrapper over it), collecting progress reports. `on_progress` may set the cancel flag.
 fn snapshot(
-    bench: &Bench,
-    config: &Config,
-    flavor: myhoard::db::Flavor,
-    split_size: Option<u64>,
-    cancel: &AtomicBool,
-    on_progress: &(dyn Fn(&SnapshotProgress) + Sync),
-) -> (Result<SnapshotResult, Error>, Vec<SnapshotProgress>) {
-    let storage = bench.storage(config);
-    snapshot_into(
-        storage.as_ref(),
-        config,
-        flavor,
-        split_size,
-        cancel,
-        on_progress,
-    )
-}
-
-/// [`snapshot`] into `storage`.
-fn snapshot_into(
     storage: &dyn ObjectStorage,
     config: &Config,
     flavor: myhoard::db::Flavor,
@@ -320,7 +300,7 @@ fn snapshot_during_writes_restores_identical_data(flavor: Flavor) {
     let cancel = AtomicBool::new(false);
     let split_size = 4 << 20;
     let (result, reports) = snapshot(
-        &bench,
+        bench.storage(&config).as_ref(),
         &config,
         lib_flavor,
         Some(split_size),
@@ -523,7 +503,7 @@ fn mariadb_snapshot(bench: &Bench) -> Option<(DbServer, Config, SnapshotResult)>
     assert!(seed.errors.is_empty(), "{seed:?}");
     let cancel = AtomicBool::new(false);
     let (result, _) = snapshot(
-        bench,
+        bench.storage(&config).as_ref(),
         &config,
         db_flavor(&source),
         Some(2 << 20),
@@ -602,12 +582,11 @@ fn cancelled_snapshot_kills_the_tool_and_cleans_up() {
         cancel: &cancel,
     };
     let started = Instant::now();
-    let (result, reports) =
-        snapshot_into(&held, &config, db_flavor(&source), None, &cancel, &|_| {
-            if reports_seen.fetch_add(1, Ordering::SeqCst) == 1 {
-                cancel.store(true, Ordering::SeqCst);
-            }
-        });
+    let (result, reports) = snapshot(&held, &config, db_flavor(&source), None, &cancel, &|_| {
+        if reports_seen.fetch_add(1, Ordering::SeqCst) == 1 {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    });
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(reports.len() >= 2, "{reports:?}");
@@ -695,7 +674,7 @@ fn cancelled_clone_snapshot_stops_the_temporary_server_and_cleans_up() {
     // and stop).
     let position_reports = AtomicU32::new(0);
     let (result, reports) = snapshot(
-        &bench,
+        bench.storage(&config).as_ref(),
         &config,
         db_flavor(&source),
         None,
