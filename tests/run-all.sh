@@ -13,8 +13,11 @@ tests/install-test-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --check
 
+# Everything is built in the release profile: the lints, the tests and the packages then share
+# one build of the dependencies (with their C libraries), and the tests run the very binary that
+# tests/packages.sh packages.
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --release --all-targets --locked -- -D warnings
 
 if cargo tree --locked -e normal,build | grep -qi tokio; then
     echo "tokio is in the dependency tree: the daemon must stay free of async runtimes" >&2
@@ -22,7 +25,7 @@ if cargo tree --locked -e normal,build | grep -qi tokio; then
 fi
 
 echo "== tests"
-cargo nextest run --locked --no-fail-fast "$@"
+cargo nextest run --release --locked --no-fail-fast "$@"
 
 echo "== packages"
 tests/packages.sh

@@ -55,6 +55,7 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 struct InvalidConfig;
 
 pub fn main() -> ExitCode {
+    abort_on_panic();
     // rust-s3 pulls in rustls' aws-lc-rs provider while ureq and mysql use ring; with two
     // providers compiled in rustls cannot pick one by itself and would panic on first use.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -73,6 +74,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes a panic on any thread end the process once it is reported (on stderr, and to Sentry,
+/// whose hook runs this one after its own). A daemon whose controller or uploader thread died
+/// must not go on answering as if it were whole; systemd restarts it. The release profile keeps
+/// unwinding only so that tests and packages share one build (see `Cargo.toml`).
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }
 
 /// One command-line item, owned so the parser can be used again while it is examined.
@@ -479,4 +492,46 @@ fn mysql_env_update(mut parser: lexopt::Parser) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// Set in the child process that [`a_panic_on_any_thread_aborts_the_process`] starts.
+    const CHILD: &str = "MYHOARD_TEST_PANIC_CHILD";
+    /// The signal `std::process::abort` raises, 6 on every Linux architecture.
+    const SIGABRT: i32 = 6;
+
+    /// In the child: a worker thread panics with the hook installed. Were the panic only to
+    /// unwind, `join` would return the error and the child would go on and exit normally.
+    #[test]
+    fn panicking_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        super::abort_on_panic();
+        let joined = std::thread::spawn(|| panic!("worker failed on purpose")).join();
+        println!("still running after the panic: {}", joined.is_err());
+    }
+
+    #[test]
+    fn a_panic_on_any_thread_aborts_the_process() {
+        let output = Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "cli::tests::panicking_child", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .expect("running the test binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.signal(),
+            Some(SIGABRT),
+            "{:?}\nstdout: {stdout}\nstderr: {stderr}",
+            output.status
+        );
+        assert!(stderr.contains("worker failed on purpose"), "{stderr}");
+        assert!(!stdout.contains("still running"), "{stdout}");
+    }
 }
