@@ -13,9 +13,9 @@ tests/install-test-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --check
 
-# Everything is built in the release profile: the lints, the tests and the packages then share
-# one build of the dependencies (with their C libraries), and the tests run the very binary that
-# tests/packages.sh packages.
+# Everything is built in the release profile: the tests and the packages share one build of the
+# dependencies, the lints share its build scripts (the C libraries) and proc macros, and the
+# tests run the very binary that tests/packages.sh packages.
 echo "== cargo clippy"
 cargo clippy --release --all-targets --locked -- -D warnings
 
