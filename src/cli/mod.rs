@@ -499,27 +499,28 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
 
-    /// Set in the child process that [`a_panic_on_any_thread_aborts_the_process`] starts.
+    /// Set in the child process the test runs itself as.
     const CHILD: &str = "MYHOARD_TEST_PANIC_CHILD";
     /// The signal `std::process::abort` raises, 6 on every Linux architecture.
     const SIGABRT: i32 = 6;
 
-    /// In the child: a worker thread panics with the hook installed. Were the panic only to
-    /// unwind, `join` would return the error and the child would go on and exit normally.
-    #[test]
-    fn panicking_child() {
-        if std::env::var_os(CHILD).is_none() {
-            return;
-        }
-        super::abort_on_panic();
-        let joined = std::thread::spawn(|| panic!("worker failed on purpose")).join();
-        println!("still running after the panic: {}", joined.is_err());
-    }
-
+    /// Runs itself again as a child in which a worker thread panics with the hook installed.
+    /// Were the panic only to unwind, `join` would return the error and the child would go on
+    /// and exit normally.
     #[test]
     fn a_panic_on_any_thread_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::abort_on_panic();
+            let joined = std::thread::spawn(|| panic!("worker failed on purpose")).join();
+            println!("still running after the panic: {}", joined.is_err());
+            return;
+        }
         let output = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "cli::tests::panicking_child", "--nocapture"])
+            .args([
+                "--exact",
+                "cli::tests::a_panic_on_any_thread_aborts_the_process",
+                "--nocapture",
+            ])
             .env(CHILD, "1")
             .output()
             .expect("running the test binary");
