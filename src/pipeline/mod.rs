@@ -17,12 +17,13 @@ pub mod encrypt;
 mod parallel_snappy;
 pub mod pipe;
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::storage::{self, Metadata, ObjectStorage};
 pub use compress::{Algorithm, CompressWriter, CompressionSettings, DecompressReader};
 pub use encrypt::{DecryptWriter, EncryptReader, PrivateKey, PublicKey};
+use pipe::ReadFromError;
 
 /// Bytes per chunk moved between the two threads of a transfer.
 const PIPE_CHUNK: usize = 1 << 20;
@@ -62,28 +63,12 @@ pub struct Encoding<'a, K> {
     pub key: Option<&'a K>,
 }
 
-/// Copies with a large buffer, telling a failing reader from a failing writer.
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-fn copy(reader: &mut dyn Read, writer: &mut dyn Write) -> Result<u64, CopyError> {
-    let mut buffer = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(CopyError::Read(err)),
-        };
-        writer.write_all(&buffer[..n]).map_err(CopyError::Write)?;
-        total += n as u64;
-    }
-}
-
 /// Compresses, encrypts and stores everything `source` yields under `key`.
+///
+/// Three threads: reading the source, compression, and encryption plus the storage request
+/// (the calling thread). Reading has a cost of its own (the kernel's copy out of a file or a
+/// child's pipe, and waiting for that child), which on the compressing thread would slow the
+/// expensive stage.
 pub fn upload(
     storage: &dyn ObjectStorage,
     key: &str,
@@ -91,73 +76,94 @@ pub fn upload(
     metadata: &Metadata,
     encoding: Encoding<'_, PublicKey>,
 ) -> Result<TransferStats, Error> {
-    let (pipe_writer, pipe_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
-    let algorithm = encoding.compression.algorithm;
+    let (source_writer, source_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let (compressed_writer, compressed_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let compression = encoding.compression;
     std::thread::scope(|scope| {
-        let compressor = std::thread::Builder::new()
-            .name("compress".into())
-            .spawn_scoped(scope, move || -> Result<u64, Error> {
-                let compression_error = |source| Error::Compression { algorithm, source };
-                let mut writer = CompressWriter::new(pipe_writer, &encoding.compression)
-                    .map_err(compression_error)?;
-                let original = copy(source, &mut writer).map_err(|err| match err {
-                    CopyError::Read(err) => Error::Source(err),
-                    CopyError::Write(err) => compression_error(err),
-                })?;
-                writer
-                    .finish()
-                    .map_err(compression_error)?
-                    .finish()
-                    .map_err(compression_error)?;
-                Ok(original)
+        let spawned = std::thread::Builder::new()
+            .name("read".into())
+            .spawn_scoped(scope, move || read_source(source, source_writer))
+            .and_then(|reader| {
+                std::thread::Builder::new()
+                    .name("compress".into())
+                    .spawn_scoped(scope, move || {
+                        compress(source_reader, &compression, compressed_writer)
+                    })
+                    .map(|compressor| (reader, compressor))
             });
-        let compressor = match compressor {
-            Ok(handle) => handle,
+        let (reader, compressor) = match spawned {
+            Ok(handles) => handles,
             Err(err) => return Err(Error::Source(err)),
         };
         let stored = match encoding.key {
             Some(public_key) => {
-                let mut body = EncryptReader::new(pipe_reader, public_key);
+                let mut body = EncryptReader::new(compressed_reader, public_key);
                 storage.put(key, &mut body, metadata)
             }
             None => {
-                let mut body = pipe_reader;
+                let mut body = compressed_reader;
                 storage.put(key, &mut body, metadata)
             }
         };
-        // When both failed, the stage that failed first is the cause: a source that broke
-        // makes the put fail, and a put that broke makes the compressor's writes fail.
         let compressed = compressor.join().map_err(|_| Error::Panicked)?;
-        match (compressed, stored) {
-            (Ok(original), Ok(stored)) => Ok(TransferStats {
+        let read = reader.join().map_err(|_| Error::Panicked)?;
+        // When several failed, the stage that failed first is the cause: a source that broke
+        // breaks the compression's input and then the put's, and a put that broke makes the
+        // compression's writes fail and then the reading's.
+        match (read, compressed, stored) {
+            (Ok(original), Ok(()), Ok(stored)) => Ok(TransferStats {
                 original_bytes: original,
                 stored_bytes: stored,
             }),
-            (Err(err @ Error::Source(_)), _) => Err(err),
-            (_, Err(err)) => Err(Error::Storage(err)),
-            (Err(err), Ok(_)) => Err(err),
+            (Err(ReadFromError::Source(err)), _, _) => Err(Error::Source(err)),
+            (_, _, Err(err)) => Err(Error::Storage(err)),
+            (_, Err(err), _) => Err(err),
+            // The compression stopped reading only by failing: covered above.
+            (Err(ReadFromError::Pipe(err)), Ok(()), Ok(_)) => Err(Error::Source(err)),
         }
     })
 }
 
-/// Marks whether the final writer failed, so the fetch thread can stop early.
-struct SinkWatch<'a> {
-    out: &'a mut (dyn Write + Send),
-    failed: &'a AtomicBool,
+/// The reading thread: everything `source` yields into `pipe`; returns its size.
+fn read_source(
+    source: &mut (dyn Read + Send),
+    mut pipe: pipe::PipeWriter,
+) -> Result<u64, ReadFromError> {
+    let mut total = 0u64;
+    loop {
+        match pipe.read_from(source)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    pipe.finish().map_err(ReadFromError::Pipe)?;
+    Ok(total)
 }
 
-impl Write for SinkWatch<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out
-            .write(buf)
-            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+/// The compression thread: compresses what `source` carries into `compressed`.
+fn compress(
+    mut source: pipe::PipeReader,
+    settings: &CompressionSettings,
+    compressed: pipe::PipeWriter,
+) -> Result<(), Error> {
+    let algorithm = settings.algorithm;
+    let compression_error = |source| Error::Compression { algorithm, source };
+    let mut writer = CompressWriter::new(compressed, settings).map_err(compression_error)?;
+    loop {
+        // An error here means the reading thread failed, and it reports why.
+        let chunk = source.fill_buf().map_err(Error::Source)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        writer.write_all(chunk).map_err(compression_error)?;
+        source.consume(n);
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out
-            .flush()
-            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
-    }
+    writer
+        .finish()
+        .map_err(compression_error)?
+        .finish()
+        .map_err(compression_error)
 }
 
 /// Stops a download once the output has failed: no point fetching what cannot be written.
@@ -181,6 +187,11 @@ impl<W: Write> Write for StopWhen<'_, W> {
 
 /// Fetches `key`, decrypts and decompresses it into `out`.
 ///
+/// Three threads: the fetch and decryption, the decompression (the calling thread), and the
+/// output. Writing the output has a cost of its own (the kernel's copy into a file or a child's
+/// pipe, and waiting for that child), which on the decompressing thread would slow the
+/// expensive stage.
+///
 /// On an encrypted object, `out` has received unauthenticated bytes when this fails: callers
 /// write to a temporary file and publish it only on success.
 pub fn download(
@@ -190,77 +201,139 @@ pub fn download(
     algorithm: Algorithm,
     private_key: Option<&PrivateKey>,
 ) -> Result<TransferStats, Error> {
-    let (pipe_writer, pipe_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let (fetched_writer, fetched_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let (plain_writer, plain_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
     let sink_failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sink_failed = &sink_failed;
-        let fetcher = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("fetch".into())
-            .spawn_scoped(scope, move || -> Result<u64, Error> {
-                let pipe_writer = StopWhen {
-                    inner: pipe_writer,
-                    stop: sink_failed,
-                };
-                let Some(private_key) = private_key else {
-                    let mut pipe_writer = pipe_writer;
-                    let fetched = storage.get(key, &mut pipe_writer).map_err(Error::Storage)?;
-                    pipe_writer.inner.finish().map_err(Error::Sink)?;
-                    return Ok(fetched);
-                };
-                let mut decrypt = DecryptWriter::new(pipe_writer, private_key);
-                let fetched = storage.get(key, &mut decrypt);
-                // Integrity first: tampering explains any failure it caused downstream.
-                let (writer, fetched) =
-                    match (decrypt.finish().map_err(encrypt::into_error), fetched) {
-                        (Err(Ok(encryption)), _) => return Err(Error::Encryption(encryption)),
-                        (_, Err(err)) => return Err(Error::Storage(err)),
-                        (Err(Err(err)), Ok(_)) => return Err(Error::Sink(err)),
-                        (Ok(writer), Ok(fetched)) => (writer, fetched),
-                    };
-                writer.inner.finish().map_err(Error::Sink)?;
-                Ok(fetched)
+            .spawn_scoped(scope, move || {
+                fetch(storage, key, fetched_writer, private_key, sink_failed)
+            })
+            .and_then(|fetcher| {
+                std::thread::Builder::new()
+                    .name("output".into())
+                    .spawn_scoped(scope, move || write_output(plain_reader, out, sink_failed))
+                    .map(|writer| (fetcher, writer))
             });
-        let fetcher = match fetcher {
-            Ok(handle) => handle,
+        let (fetcher, writer) = match spawned {
+            Ok(handles) => handles,
             Err(err) => return Err(Error::Sink(err)),
         };
-        let written = DecompressReader::new(pipe_reader, algorithm)
-            .map_err(|source| Error::Compression { algorithm, source })
-            .and_then(|mut reader| {
-                let mut sink = SinkWatch {
-                    out,
-                    failed: sink_failed,
-                };
-                let copied = copy(&mut reader, &mut sink);
-                let flushed = sink.flush();
-                match (copied, flushed) {
-                    (Ok(n), Ok(())) => Ok(n),
-                    (Err(CopyError::Write(err)), _) | (Ok(_), Err(err)) => Err(Error::Sink(err)),
-                    (Err(CopyError::Read(source)), _) => {
-                        Err(Error::Compression { algorithm, source })
-                    }
-                }
-            });
-        if matches!(written, Err(Error::Sink(_))) {
-            // A failed output stops the fetch early. A failed decompression does not: the fetch
-            // thread still authenticates the rest, so tampering is reported as tampering.
+        let decompressed = decompress(fetched_reader, algorithm, plain_writer);
+        let written = writer.join().map_err(|_| Error::Panicked)?;
+        if written.is_err() {
+            // No point fetching what cannot be written. A failed decompression does not stop
+            // the fetch: it still authenticates the rest, so tampering is reported as such.
             sink_failed.store(true, Ordering::Relaxed);
         }
         let fetched = fetcher.join().map_err(|_| Error::Panicked)?;
-        match (fetched, written) {
-            (Ok(stored), Ok(original)) => Ok(TransferStats {
+        match (fetched, decompressed, written) {
+            (Ok(stored), Ok(original), Ok(_)) => Ok(TransferStats {
                 original_bytes: original,
                 stored_bytes: stored,
             }),
-            (Err(err @ Error::Encryption(_)), _) => Err(err),
-            (_, Err(err @ Error::Sink(_))) => Err(err),
-            (Err(Error::Storage(err)), _) if err.kind() != storage::ErrorKind::Source => {
+            (Err(err @ Error::Encryption(_)), _, _) => Err(err),
+            // The output's own failure, not the broken pipe it left the decompression with.
+            (_, _, Err(OutputError::Write(err))) => Err(Error::Sink(err)),
+            (Err(Error::Storage(err)), _, _) if err.kind() != storage::ErrorKind::Source => {
                 Err(Error::Storage(err))
             }
-            (_, Err(err)) => Err(err),
-            (Err(err), Ok(_)) => Err(err),
+            (_, Err(err), _) => Err(err),
+            (Err(err), Ok(_), _) => Err(err),
+            // The output's pipe broke only because the decompression stopped: covered above.
+            (Ok(_), Ok(_), Err(OutputError::Read(err))) => Err(Error::Sink(err)),
         }
     })
+}
+
+/// The fetch thread: the object's bytes, decrypted when `private_key` is given, into `pipe`.
+fn fetch(
+    storage: &dyn ObjectStorage,
+    key: &str,
+    pipe: pipe::PipeWriter,
+    private_key: Option<&PrivateKey>,
+    sink_failed: &AtomicBool,
+) -> Result<u64, Error> {
+    let pipe = StopWhen {
+        inner: pipe,
+        stop: sink_failed,
+    };
+    let Some(private_key) = private_key else {
+        let mut pipe = pipe;
+        let fetched = storage.get(key, &mut pipe).map_err(Error::Storage)?;
+        pipe.inner.finish().map_err(Error::Sink)?;
+        return Ok(fetched);
+    };
+    let mut decrypt = DecryptWriter::new(pipe, private_key);
+    let fetched = storage.get(key, &mut decrypt);
+    // Integrity first: tampering explains any failure it caused downstream.
+    let (pipe, fetched) = match (decrypt.finish().map_err(encrypt::into_error), fetched) {
+        (Err(Ok(encryption)), _) => return Err(Error::Encryption(encryption)),
+        (_, Err(err)) => return Err(Error::Storage(err)),
+        (Err(Err(err)), Ok(_)) => return Err(Error::Sink(err)),
+        (Ok(pipe), Ok(fetched)) => (pipe, fetched),
+    };
+    pipe.inner.finish().map_err(Error::Sink)?;
+    Ok(fetched)
+}
+
+/// The calling thread's part of a download: decompresses `fetched` into `plain`; returns the
+/// decompressed size.
+fn decompress(
+    fetched: pipe::PipeReader,
+    algorithm: Algorithm,
+    mut plain: pipe::PipeWriter,
+) -> Result<u64, Error> {
+    let compression_error = |source| Error::Compression { algorithm, source };
+    let mut reader = DecompressReader::new(fetched, algorithm).map_err(compression_error)?;
+    let mut total = 0u64;
+    loop {
+        match plain.read_from(&mut reader) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(ReadFromError::Source(source)) => return Err(compression_error(source)),
+            // Only the output thread stops reading, and it reports why.
+            Err(ReadFromError::Pipe(err)) => return Err(Error::Sink(err)),
+        }
+    }
+    plain.finish().map_err(Error::Sink)?;
+    Ok(total)
+}
+
+/// Why the output thread stopped.
+enum OutputError {
+    /// The decompression stopped before the end: it reports why.
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// The output thread: everything `plain` carries into `out`, then flushes it.
+fn write_output(
+    mut plain: pipe::PipeReader,
+    out: &mut (dyn Write + Send),
+    sink_failed: &AtomicBool,
+) -> Result<u64, OutputError> {
+    let mut written = 0u64;
+    let result = loop {
+        let chunk = match plain.fill_buf() {
+            Ok([]) => break out.flush().map_err(OutputError::Write),
+            Ok(chunk) => chunk,
+            Err(err) => break Err(OutputError::Read(err)),
+        };
+        let n = chunk.len();
+        if let Err(err) = out.write_all(chunk) {
+            break Err(OutputError::Write(err));
+        }
+        plain.consume(n);
+        written += n as u64;
+    };
+    if matches!(result, Err(OutputError::Write(_))) {
+        // Stops the fetch early; dropping `plain` stops the decompression.
+        sink_failed.store(true, Ordering::Relaxed);
+    }
+    result.map(|()| written)
 }
 
 #[cfg(test)]
@@ -370,6 +443,97 @@ mod tests {
         assert!(matches!(err, Error::Source(_)), "{err}");
         let head = storage.head("k").expect_err("no object");
         assert_eq!(head.kind(), ErrorKind::NotFound);
+    }
+
+    /// A sink that takes `room` bytes, then fails as a full disk does.
+    struct FullDisk {
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn upload_zstd(
+        storage: &dyn ObjectStorage,
+        key: &str,
+        data: &[u8],
+        public: Option<&PublicKey>,
+    ) {
+        let compression = CompressionSettings {
+            algorithm: Algorithm::Zstd,
+            level: 0,
+            threads: 0,
+        };
+        upload(
+            storage,
+            key,
+            &mut &data[..],
+            &Metadata::new(),
+            Encoding {
+                compression,
+                key: public,
+            },
+        )
+        .expect("upload");
+    }
+
+    #[test]
+    fn a_failing_output_is_reported_as_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = local_storage(dir.path());
+        let (public, private) = encrypt::tests::test_keys();
+        upload_zstd(storage.as_ref(), "k", &data(), Some(&public));
+        // Past the first chunks, so the decompression is blocked on a full pipe when it breaks.
+        let mut sink = FullDisk { room: 2_500_000 };
+        let err = download(
+            storage.as_ref(),
+            "k",
+            &mut sink,
+            Algorithm::Zstd,
+            Some(&private),
+        )
+        .expect_err("the output fails");
+        match err {
+            Error::Sink(err) => assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}"),
+            other => panic!("expected the output's error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_corrupt_stream_is_a_compression_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = local_storage(dir.path());
+        upload_zstd(storage.as_ref(), "k", &data(), None);
+        let path = dir.path().join("k");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let middle = bytes.len() / 2;
+        bytes.truncate(middle);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut out = Vec::new();
+        let err = download(storage.as_ref(), "k", &mut out, Algorithm::Zstd, None)
+            .expect_err("truncated");
+        assert!(
+            matches!(
+                err,
+                Error::Compression {
+                    algorithm: Algorithm::Zstd,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,7 +16,10 @@ enum Message {
 }
 
 pub struct PipeWriter {
+    /// The chunk being filled: always `chunk_size` long, initialized, so that a reader can
+    /// read straight into it; `filled` bytes of it are data.
     buffer: Vec<u8>,
+    filled: usize,
     chunk_size: usize,
     data: Sender<Message>,
     /// Emptied buffers coming back from the reader, so steady state allocates nothing.
@@ -37,7 +40,8 @@ pub fn pipe(chunk_size: usize, depth: usize) -> (PipeWriter, PipeReader) {
     let (recycle_tx, recycle_rx) = bounded(depth + 2);
     (
         PipeWriter {
-            buffer: Vec::with_capacity(chunk_size),
+            buffer: vec![0; chunk_size],
+            filled: 0,
             chunk_size,
             data: data_tx,
             recycled: recycle_rx,
@@ -52,6 +56,15 @@ pub fn pipe(chunk_size: usize, depth: usize) -> (PipeWriter, PipeReader) {
     )
 }
 
+/// Why [`PipeWriter::read_from`] failed.
+#[derive(Debug)]
+pub enum ReadFromError {
+    /// Reading the source failed.
+    Source(io::Error),
+    /// The reading end is gone.
+    Pipe(io::Error),
+}
+
 fn reader_gone() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
@@ -61,17 +74,35 @@ fn reader_gone() -> io::Error {
 
 impl PipeWriter {
     fn send_buffer(&mut self) -> io::Result<()> {
-        if self.buffer.is_empty() {
+        if self.filled == 0 {
             return Ok(());
         }
-        let next = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(self.chunk_size));
-        let full = std::mem::replace(&mut self.buffer, next);
+        // A recycled chunk comes back as long as the data it carried, so making it whole
+        // again initializes at most the part a short last chunk did not use.
+        let mut next = self.recycled.try_recv().unwrap_or_default();
+        next.resize(self.chunk_size, 0);
+        let mut full = std::mem::replace(&mut self.buffer, next);
+        full.truncate(std::mem::take(&mut self.filled));
         self.data
             .send(Message::Data(full))
             .map_err(|_| reader_gone())
+    }
+
+    /// Reads once from `source` straight into the chunk being filled, saving the copy that
+    /// reading into a buffer of one's own and writing that would cost. `Ok(0)` at the end of
+    /// `source`.
+    pub fn read_from(&mut self, source: &mut dyn Read) -> Result<usize, ReadFromError> {
+        let n = loop {
+            match source.read(&mut self.buffer[self.filled..]) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => break result.map_err(ReadFromError::Source)?,
+            }
+        };
+        self.filled += n;
+        if self.filled == self.chunk_size {
+            self.send_buffer().map_err(ReadFromError::Pipe)?;
+        }
+        Ok(n)
     }
 
     /// Sends what is buffered and marks the stream complete.
@@ -83,10 +114,10 @@ impl PipeWriter {
 
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = self.chunk_size - self.buffer.len();
-        let n = room.min(buf.len());
-        self.buffer.extend_from_slice(&buf[..n]);
-        if self.buffer.len() == self.chunk_size {
+        let n = (self.chunk_size - self.filled).min(buf.len());
+        self.buffer[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+        self.filled += n;
+        if self.filled == self.chunk_size {
             self.send_buffer()?;
         }
         Ok(n)
@@ -104,9 +135,9 @@ impl PipeReader {
         while self.position == self.current.len() && !self.ended {
             match self.data.recv() {
                 Ok(Message::Data(chunk)) => {
-                    let mut done = std::mem::replace(&mut self.current, chunk);
+                    // Recycled as it is: the writer reuses its initialized bytes as they are.
+                    let done = std::mem::replace(&mut self.current, chunk);
                     self.position = 0;
-                    done.clear();
                     // The writer may be gone or have enough buffers; either way this one is
                     // simply dropped.
                     let _ = self.recycle.try_send(done);
@@ -165,6 +196,84 @@ mod tests {
         reader.read_to_end(&mut received).expect("read");
         producer.join().expect("join").expect("producer");
         assert_eq!(received, data);
+    }
+
+    /// A source that returns a few bytes per read, in varying amounts.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        reads: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let n = (self.reads % 7 + 1).min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_from_and_write_can_be_mixed_across_recycled_chunks() {
+        // A depth of 1 recycles every chunk, short ones included: their unused tails must be
+        // zeroed afresh and never carried as data.
+        let (mut writer, mut reader) = pipe(10, 1);
+        let data: Vec<u8> = (1..=5_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let sent = data.clone();
+        let producer = std::thread::spawn(move || -> io::Result<()> {
+            for (i, part) in sent.chunks(97).enumerate() {
+                if i % 2 == 0 {
+                    writer.write_all(part)?;
+                    continue;
+                }
+                let mut source = Trickle {
+                    data: part,
+                    reads: i,
+                };
+                loop {
+                    match writer.read_from(&mut source) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(ReadFromError::Source(err) | ReadFromError::Pipe(err)) => {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            writer.finish()
+        });
+        let mut received = Vec::new();
+        reader.read_to_end(&mut received).expect("read");
+        producer.join().expect("join").expect("producer");
+        assert_eq!(received, data);
+    }
+
+    #[test]
+    fn read_from_tells_a_failing_source_from_a_gone_reader() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("bad sector"))
+            }
+        }
+        let (mut writer, reader) = pipe(4, 1);
+        match writer.read_from(&mut Broken) {
+            Err(ReadFromError::Source(err)) => assert_eq!(err.to_string(), "bad sector"),
+            other => panic!("expected a source error, got {other:?}"),
+        }
+        drop(reader);
+        let mut source: &[u8] = &[1; 64];
+        let gone = loop {
+            match writer.read_from(&mut source) {
+                Ok(_) => continue,
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            matches!(&gone, ReadFromError::Pipe(err) if err.kind() == io::ErrorKind::BrokenPipe),
+            "{gone:?}"
+        );
     }
 
     #[test]
