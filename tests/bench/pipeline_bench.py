@@ -10,7 +10,9 @@ incompressible bytes), then times, for each algorithm and thread count:
   - rohmu doing the same work (rohmu's write_file/read_file, same algorithm, level, threads);
   - for zstd, the `zstd` CLI alone (`zstd -L -T<threads>` and `zstd -d`), the compression-only limit.
 It prints MB/s (of uncompressed data), peak RSS of each process, and ratios against the
-baselines measured in the same run. The best of --repeat runs counts, since the machine is shared.
+baselines measured in the same run. The best of --repeat rounds counts, since the machine is
+shared; a round runs each command of a case once, in turn, so that a slow spell hits myhoard and
+the baselines alike.
 Needs tests/install-test-deps.sh to have run (rohmu venv, zstd CLI, GNU time); builds myhoard
 in release.
 """
@@ -90,11 +92,6 @@ def run(argv):
     return elapsed, peak_kib / 1024
 
 
-def best(repeat, argv_fn):
-    results = [argv_fn() for _ in range(repeat)]
-    return min(results, key=lambda r: r[0])
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=512)
@@ -157,25 +154,34 @@ def main():
             label = f"{algorithm} level {level} threads {threads}"
             print(f"measuring {label} ...", flush=True)
             key = f"bench/{algorithm}-{threads}"
-            put = best(args.repeat, lambda: run([myhoard, "storage", "put", "--config", config_path,
-                                                 "--compression", algorithm, "--level", str(level),
-                                                 "--threads", str(threads), data, key]))
-            get = best(args.repeat, lambda: run([myhoard, "storage", "get", "--config", config_path, key, out]))
-            if subprocess.run(["cmp", "-s", data, out]).returncode != 0:
-                raise SystemExit(f"myhoard round trip differs for {label}")
-            r_put = best(args.repeat, lambda: run([PYTHON, ROHMU_TOOL, "encode", "--input", data, "--output", encoded,
-                                                   "--algorithm", algorithm, "--level", str(level),
-                                                   "--threads", str(threads), "--public-key",
-                                                   os.path.join(work, "public.pem")]))
-            r_get = best(args.repeat, lambda: run([PYTHON, ROHMU_TOOL, "decode", "--input", encoded, "--output", out,
-                                                   "--algorithm", algorithm, "--private-key",
-                                                   os.path.join(work, "private.pem")]))
-            row = {"label": label, "put": put, "get": get, "rohmu_put": r_put, "rohmu_get": r_get}
+            zst = os.path.join(work, "data.zst")
+            # One round runs every command once, each decode right after its encode: a slow
+            # spell of a shared machine then hits myhoard and its baselines alike.
+            commands = {
+                "put": lambda: run([myhoard, "storage", "put", "--config", config_path,
+                                    "--compression", algorithm, "--level", str(level),
+                                    "--threads", str(threads), data, key]),
+                "rohmu_put": lambda: run([PYTHON, ROHMU_TOOL, "encode", "--input", data, "--output", encoded,
+                                          "--algorithm", algorithm, "--level", str(level),
+                                          "--threads", str(threads), "--public-key",
+                                          os.path.join(work, "public.pem")]),
+                "get": lambda: run([myhoard, "storage", "get", "--config", config_path, key, out]),
+                "rohmu_get": lambda: run([PYTHON, ROHMU_TOOL, "decode", "--input", encoded, "--output", out,
+                                          "--algorithm", algorithm, "--private-key",
+                                          os.path.join(work, "private.pem")]),
+            }
             if algorithm == "zstd":
-                zst = os.path.join(work, "data.zst")
-                row["cli_put"] = best(args.repeat, lambda: run(["zstd", "-q", "-f", f"-{level}", f"-T{max(threads, 1)}",
-                                                                data, "-o", zst]))
-                row["cli_get"] = best(args.repeat, lambda: run(["zstd", "-q", "-f", "-d", zst, "-o", out]))
+                commands["cli_put"] = lambda: run(["zstd", "-q", "-f", f"-{level}", f"-T{max(threads, 1)}",
+                                                   data, "-o", zst])
+                commands["cli_get"] = lambda: run(["zstd", "-q", "-f", "-d", zst, "-o", out])
+            timings = {name: [] for name in commands}
+            for _ in range(args.repeat):
+                for name, command in commands.items():
+                    timings[name].append(command())
+                    if name == "get" and subprocess.run(["cmp", "-s", data, out]).returncode != 0:
+                        raise SystemExit(f"myhoard round trip differs for {label}")
+            row = {"label": label}
+            row.update({name: min(results, key=lambda r: r[0]) for name, results in timings.items()})
             rows.append(row)
 
         print(f"\ninput: {megabytes:.0f} MB of InnoDB-like pages in {work}; MB/s of uncompressed data;"
