@@ -21,8 +21,8 @@
 //! worker never blocks on reporting. Threads stop when their channel is dropped.
 //!
 //! Every byte stored goes through [`pipeline`]: read → compress → encrypt → [`storage`], each
-//! stage a `std::io` adapter, compression on its own thread so that encryption and I/O hide
-//! behind it. Restores run the reverse and check the MAC before anything is published.
+//! stage a `std::io` adapter, reading and compression each on a thread of its own so that
+//! encryption and I/O run beside compression rather than in its way. Restores run the reverse and check the MAC before anything is published.
 //!
 //! The modules, by layer:
 //!

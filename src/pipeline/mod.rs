@@ -1,14 +1,16 @@
 //! The transfer pipeline: read → compress → encrypt → store, and fetch → decrypt → decompress →
 //! write, as `std::io` adapters.
 //!
-//! Each direction runs on two threads joined by a bounded [`pipe`]: on upload, compression on
-//! one and encryption plus the storage request on the other; on download, the storage request
-//! plus decryption on one and decompression plus the output on the other. Compression and
-//! decompression are the expensive stages, so the cipher, the MAC and the I/O hide behind them,
-//! and memory stays bounded by the pipe depth and the storage part size whatever the object size.
+//! Each direction runs on three threads joined by bounded [`pipe`]s: on upload, reading the
+//! source, compression, and encryption plus the storage request; on download, the storage
+//! request plus decryption, decompression, and writing the output. Compression and
+//! decompression are the expensive stages, so the cipher, the MAC and the I/O at either end
+//! (the kernel's copies, a child process that is slow to write or to read) run beside them
+//! rather than in their way. Memory stays bounded by the pipe depths and the storage part size
+//! whatever the object size.
 //!
-//! Runs on the calling thread (an uploader or downloader, or an operator command) plus one
-//! scoped helper thread per transfer. Errors come back typed, saying which stage failed; when
+//! Runs on the calling thread (an uploader or downloader, or an operator command) plus two
+//! scoped helper threads per transfer. Errors come back typed, saying which stage failed; when
 //! an encrypted object fails its integrity check, that is the error reported, whatever else
 //! broke downstream of the garbage.
 
@@ -25,9 +27,9 @@ pub use compress::{Algorithm, CompressWriter, CompressionSettings, DecompressRea
 pub use encrypt::{DecryptWriter, EncryptReader, PrivateKey, PublicKey};
 use pipe::ReadFromError;
 
-/// Bytes per chunk moved between the two threads of a transfer.
+/// Bytes per chunk moved between two threads of a transfer.
 const PIPE_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the two threads.
+/// Chunks in flight between two threads.
 const PIPE_DEPTH: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
