@@ -225,14 +225,9 @@ pub fn download(
         };
         let decompressed = decompress(fetched_reader, algorithm, plain_writer);
         let written = writer.join().map_err(|_| Error::Panicked)?;
-        if written.is_err() {
-            // No point fetching what cannot be written. A failed decompression does not stop
-            // the fetch: it still authenticates the rest, so tampering is reported as such.
-            sink_failed.store(true, Ordering::Relaxed);
-        }
         let fetched = fetcher.join().map_err(|_| Error::Panicked)?;
         match (fetched, decompressed, written) {
-            (Ok(stored), Ok(original), Ok(_)) => Ok(TransferStats {
+            (Ok(stored), Ok(original), Ok(())) => Ok(TransferStats {
                 original_bytes: original,
                 stored_bytes: stored,
             }),
@@ -316,8 +311,7 @@ fn write_output(
     mut plain: pipe::PipeReader,
     out: &mut (dyn Write + Send),
     sink_failed: &AtomicBool,
-) -> Result<u64, OutputError> {
-    let mut written = 0u64;
+) -> Result<(), OutputError> {
     let result = loop {
         let chunk = match plain.fill_buf() {
             Ok([]) => break out.flush().map_err(OutputError::Write),
@@ -329,13 +323,14 @@ fn write_output(
             break Err(OutputError::Write(err));
         }
         plain.consume(n);
-        written += n as u64;
     };
     if matches!(result, Err(OutputError::Write(_))) {
-        // Stops the fetch early; dropping `plain` stops the decompression.
+        // No point fetching what cannot be written: this stops the fetch early, and dropping
+        // `plain` stops the decompression. A failed decompression does not stop the fetch: it
+        // still authenticates the rest, so tampering is reported as such.
         sink_failed.store(true, Ordering::Relaxed);
     }
-    result.map(|()| written)
+    result
 }
 
 #[cfg(test)]
