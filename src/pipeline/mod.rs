@@ -29,8 +29,12 @@ use pipe::ReadFromError;
 
 /// Bytes per chunk moved between two threads of a transfer.
 const PIPE_CHUNK: usize = 1 << 20;
-/// Chunks in flight between two threads.
+/// Chunks in flight between the (de)compression and the cipher and storage.
 const PIPE_DEPTH: usize = 4;
+/// Chunks in flight between the source or the output and the (de)compression: reading and
+/// writing are steady and quick next to compression, so a chunk ahead is enough, and memory
+/// is better left to compression threads.
+const EDGE_PIPE_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,7 +82,7 @@ pub fn upload(
     metadata: &Metadata,
     encoding: Encoding<'_, PublicKey>,
 ) -> Result<TransferStats, Error> {
-    let (source_writer, source_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let (source_writer, source_reader) = pipe::pipe(PIPE_CHUNK, EDGE_PIPE_DEPTH);
     let (compressed_writer, compressed_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
     let compression = encoding.compression;
     std::thread::scope(|scope| {
@@ -204,7 +208,7 @@ pub fn download(
     private_key: Option<&PrivateKey>,
 ) -> Result<TransferStats, Error> {
     let (fetched_writer, fetched_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
-    let (plain_writer, plain_reader) = pipe::pipe(PIPE_CHUNK, PIPE_DEPTH);
+    let (plain_writer, plain_reader) = pipe::pipe(PIPE_CHUNK, EDGE_PIPE_DEPTH);
     let sink_failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sink_failed = &sink_failed;
