@@ -19,13 +19,13 @@ pub mod encrypt;
 mod parallel_snappy;
 pub mod pipe;
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::storage::{self, Metadata, ObjectStorage};
 pub use compress::{Algorithm, CompressWriter, CompressionSettings, DecompressReader};
 pub use encrypt::{DecryptWriter, EncryptReader, PrivateKey, PublicKey};
-use pipe::ReadFromError;
+use pipe::CopyError;
 
 /// Bytes per chunk moved between two threads of a transfer.
 const PIPE_CHUNK: usize = 1 << 20;
@@ -121,11 +121,11 @@ pub fn upload(
                 original_bytes: original,
                 stored_bytes: stored,
             }),
-            (Err(ReadFromError::Source(err)), _, _) => Err(Error::Source(err)),
+            (Err(CopyError::Outside(err)), _, _) => Err(Error::Source(err)),
             (_, _, Err(err)) => Err(Error::Storage(err)),
             (_, Err(err), _) => Err(err),
             // The compression stopped reading only by failing: covered above.
-            (Err(ReadFromError::Pipe(err)), Ok(()), Ok(_)) => Err(Error::Source(err)),
+            (Err(CopyError::Pipe(err)), Ok(()), Ok(_)) => Err(Error::Source(err)),
         }
     })
 }
@@ -134,15 +134,9 @@ pub fn upload(
 fn read_source(
     source: &mut (dyn Read + Send),
     mut pipe: pipe::PipeWriter,
-) -> Result<u64, ReadFromError> {
-    let mut total = 0u64;
-    loop {
-        match pipe.read_from(source)? {
-            0 => break,
-            n => total += n as u64,
-        }
-    }
-    pipe.finish().map_err(ReadFromError::Pipe)?;
+) -> Result<u64, CopyError> {
+    let total = pipe.read_all_from(source)?;
+    pipe.finish().map_err(CopyError::Pipe)?;
     Ok(total)
 }
 
@@ -155,16 +149,11 @@ fn compress(
     let algorithm = settings.algorithm;
     let compression_error = |source| Error::Compression { algorithm, source };
     let mut writer = CompressWriter::new(compressed, settings).map_err(compression_error)?;
-    loop {
-        // An error here means the reading thread failed, and it reports why.
-        let chunk = source.fill_buf().map_err(Error::Source)?;
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        writer.write_all(chunk).map_err(compression_error)?;
-        source.consume(n);
-    }
+    source.write_all_to(&mut writer).map_err(|err| match err {
+        // The reading thread failed, and it reports why.
+        CopyError::Pipe(err) => Error::Source(err),
+        CopyError::Outside(err) => compression_error(err),
+    })?;
     writer
         .finish()
         .map_err(compression_error)?
@@ -237,14 +226,14 @@ pub fn download(
             }),
             (Err(err @ Error::Encryption(_)), _, _) => Err(err),
             // The output's own failure, not the broken pipe it left the decompression with.
-            (_, _, Err(OutputError::Write(err))) => Err(Error::Sink(err)),
+            (_, _, Err(CopyError::Outside(err))) => Err(Error::Sink(err)),
             (Err(Error::Storage(err)), _, _) if err.kind() != storage::ErrorKind::Source => {
                 Err(Error::Storage(err))
             }
             (_, Err(err), _) => Err(err),
             (Err(err), Ok(_), _) => Err(err),
             // The output's pipe broke only because the decompression stopped: covered above.
-            (Ok(_), Ok(_), Err(OutputError::Read(err))) => Err(Error::Sink(err)),
+            (Ok(_), Ok(_), Err(CopyError::Pipe(err))) => Err(Error::Sink(err)),
         }
     })
 }
@@ -289,46 +278,26 @@ fn decompress(
 ) -> Result<u64, Error> {
     let compression_error = |source| Error::Compression { algorithm, source };
     let mut reader = DecompressReader::new(fetched, algorithm).map_err(compression_error)?;
-    let mut total = 0u64;
-    loop {
-        match plain.read_from(&mut reader) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(ReadFromError::Source(source)) => return Err(compression_error(source)),
-            // Only the output thread stops reading, and it reports why.
-            Err(ReadFromError::Pipe(err)) => return Err(Error::Sink(err)),
-        }
-    }
+    let total = plain.read_all_from(&mut reader).map_err(|err| match err {
+        CopyError::Outside(source) => compression_error(source),
+        // Only the output thread stops reading, and it reports why.
+        CopyError::Pipe(err) => Error::Sink(err),
+    })?;
     plain.finish().map_err(Error::Sink)?;
     Ok(total)
 }
 
-/// Why the output thread stopped.
-enum OutputError {
-    /// The decompression stopped before the end: it reports why.
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// The output thread: everything `plain` carries into `out`, then flushes it.
+/// The output thread: everything `plain` carries into `out`, then flushes it. A
+/// [`CopyError::Pipe`] means the decompression stopped before the end, and it reports why.
 fn write_output(
     mut plain: pipe::PipeReader,
     out: &mut (dyn Write + Send),
     sink_failed: &AtomicBool,
-) -> Result<(), OutputError> {
-    let result = loop {
-        let chunk = match plain.fill_buf() {
-            Ok([]) => break out.flush().map_err(OutputError::Write),
-            Ok(chunk) => chunk,
-            Err(err) => break Err(OutputError::Read(err)),
-        };
-        let n = chunk.len();
-        if let Err(err) = out.write_all(chunk) {
-            break Err(OutputError::Write(err));
-        }
-        plain.consume(n);
-    };
-    if matches!(result, Err(OutputError::Write(_))) {
+) -> Result<(), CopyError> {
+    let result = plain
+        .write_all_to(out)
+        .and_then(|()| out.flush().map_err(CopyError::Outside));
+    if matches!(result, Err(CopyError::Outside(_))) {
         // No point fetching what cannot be written: this stops the fetch early, and dropping
         // `plain` stops the decompression. A failed decompression does not stop the fetch: it
         // still authenticates the rest, so tampering is reported as such.

@@ -56,12 +56,13 @@ pub fn pipe(chunk_size: usize, depth: usize) -> (PipeWriter, PipeReader) {
     )
 }
 
-/// Why [`PipeWriter::read_from`] failed.
+/// Why copying between a pipe and something outside it ([`PipeWriter::read_all_from`],
+/// [`PipeReader::write_all_to`]) failed.
 #[derive(Debug)]
-pub enum ReadFromError {
-    /// Reading the source failed.
-    Source(io::Error),
-    /// The reading end is gone.
+pub enum CopyError {
+    /// The source read from, or the sink written to, failed.
+    Outside(io::Error),
+    /// The pipe's other end is gone.
     Pipe(io::Error),
 }
 
@@ -88,21 +89,23 @@ impl PipeWriter {
             .map_err(|_| reader_gone())
     }
 
-    /// Reads once from `source` straight into the chunk being filled, saving the copy that
-    /// reading into a buffer of one's own and writing that would cost. `Ok(0)` at the end of
-    /// `source`.
-    pub fn read_from(&mut self, source: &mut dyn Read) -> Result<usize, ReadFromError> {
-        let n = loop {
-            match source.read(&mut self.buffer[self.filled..]) {
+    /// Reads `source` to its end straight into the chunks, saving the copy that reading into
+    /// a buffer of one's own and writing that would cost; returns how many bytes it read.
+    pub fn read_all_from(&mut self, source: &mut dyn Read) -> Result<u64, CopyError> {
+        let mut total = 0u64;
+        loop {
+            let n = match source.read(&mut self.buffer[self.filled..]) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                result => break result.map_err(ReadFromError::Source)?,
+                Err(err) => return Err(CopyError::Outside(err)),
+            };
+            total += n as u64;
+            self.filled += n;
+            if self.filled == self.chunk_size {
+                self.send_buffer().map_err(CopyError::Pipe)?;
             }
-        };
-        self.filled += n;
-        if self.filled == self.chunk_size {
-            self.send_buffer().map_err(ReadFromError::Pipe)?;
         }
-        Ok(n)
     }
 
     /// Sends what is buffered and marks the stream complete.
@@ -152,6 +155,22 @@ impl PipeReader {
             }
         }
         Ok(())
+    }
+}
+
+impl PipeReader {
+    /// Writes everything the pipe carries into `out`, chunk by chunk without copying them.
+    /// Does not flush `out`: for a compressor, a flush would end a block early.
+    pub fn write_all_to(&mut self, out: &mut dyn Write) -> Result<(), CopyError> {
+        loop {
+            let chunk = self.fill_buf().map_err(CopyError::Pipe)?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let n = chunk.len();
+            out.write_all(chunk).map_err(CopyError::Outside)?;
+            self.consume(n);
+        }
     }
 }
 
@@ -215,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn read_from_and_write_can_be_mixed_across_recycled_chunks() {
+    fn read_all_from_and_write_can_be_mixed_across_recycled_chunks() {
         // A depth of 1 recycles every chunk, short ones included: their unused tails must be
         // zeroed afresh and never carried as data.
         let (mut writer, mut reader) = pipe(10, 1);
@@ -231,14 +250,9 @@ mod tests {
                     data: part,
                     reads: i,
                 };
-                loop {
-                    match writer.read_from(&mut source) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(ReadFromError::Source(err) | ReadFromError::Pipe(err)) => {
-                            return Err(err);
-                        }
-                    }
+                match writer.read_all_from(&mut source) {
+                    Ok(n) => assert_eq!(n, part.len() as u64),
+                    Err(CopyError::Outside(err) | CopyError::Pipe(err)) => return Err(err),
                 }
             }
             writer.finish()
@@ -250,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn read_from_tells_a_failing_source_from_a_gone_reader() {
+    fn read_all_from_tells_a_failing_source_from_a_gone_reader() {
         struct Broken;
         impl Read for Broken {
             fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
@@ -258,21 +272,50 @@ mod tests {
             }
         }
         let (mut writer, reader) = pipe(4, 1);
-        match writer.read_from(&mut Broken) {
-            Err(ReadFromError::Source(err)) => assert_eq!(err.to_string(), "bad sector"),
+        match writer.read_all_from(&mut Broken) {
+            Err(CopyError::Outside(err)) => assert_eq!(err.to_string(), "bad sector"),
             other => panic!("expected a source error, got {other:?}"),
         }
         drop(reader);
         let mut source: &[u8] = &[1; 64];
-        let gone = loop {
-            match writer.read_from(&mut source) {
-                Ok(_) => continue,
-                Err(err) => break err,
-            }
-        };
+        let gone = writer
+            .read_all_from(&mut source)
+            .expect_err("the reader is gone");
         assert!(
-            matches!(&gone, ReadFromError::Pipe(err) if err.kind() == io::ErrorKind::BrokenPipe),
+            matches!(&gone, CopyError::Pipe(err) if err.kind() == io::ErrorKind::BrokenPipe),
             "{gone:?}"
+        );
+    }
+
+    #[test]
+    fn write_all_to_tells_a_failing_sink_from_a_failed_writer() {
+        // Deep enough for the two chunks and the end mark, as nothing reads while they are sent.
+        let (mut writer, mut reader) = pipe(4, 3);
+        writer.write_all(b"abcdef").expect("write");
+        writer.finish().expect("finish");
+        let mut out = Vec::new();
+        reader.write_all_to(&mut out).expect("copy");
+        assert_eq!(out, b"abcdef");
+
+        let (mut writer, mut reader) = pipe(4, 3);
+        writer.write_all(b"abcdef").expect("write");
+        drop(writer);
+        let err = reader
+            .write_all_to(&mut Vec::new())
+            .expect_err("unfinished");
+        assert!(
+            matches!(&err, CopyError::Pipe(err) if err.kind() == io::ErrorKind::BrokenPipe),
+            "{err:?}"
+        );
+
+        let (mut writer, mut reader) = pipe(4, 3);
+        writer.write_all(b"abcdef").expect("write");
+        writer.finish().expect("finish");
+        let mut full: &mut [u8] = &mut [0u8; 2];
+        let err = reader.write_all_to(&mut full).expect_err("sink full");
+        assert!(
+            matches!(&err, CopyError::Outside(err) if err.kind() == io::ErrorKind::WriteZero),
+            "{err:?}"
         );
     }
 
