@@ -16,8 +16,10 @@
 //!    last binlogs (we started the stream, or uploaded under it) and nobody was promoted
 //!    since. When another server was promoted after it (a failback to the old master), the
 //!    stream is not taken over: moving our record would leave the indexes it covers without
-//!    their owner and make the whole stream unreadable (no record from index 1). A new backup
-//!    starts instead, as when there is no stream to take over.
+//!    their owner and make the whole stream unreadable (no record from index 1). The stream
+//!    is closed instead (`closed.json`: it stays restorable up to its last binlog, and
+//!    retention, which never purges an unclosed backup, can let it go in time), and a new
+//!    backup starts, as when there is no stream to take over.
 //! 3. The stream's stored GTIDs (snapshot plus valid binlogs) must all be executed here. When
 //!    some are not (replication was behind when the master died), the stored binlogs holding
 //!    them are downloaded and applied through the server's own replication applier (the
@@ -278,12 +280,21 @@ pub fn take_over(
         let (first_look, valid, promotions) = look(false).with_context(listing)?;
         let (second_look, binlogs) = match layout::own_promotion(&promotions, &valid, server_id) {
             OwnPromotion::Superseded { by, start_index } => {
+                // Nobody adds to the stream any more. Left open, it would stop retention for
+                // good once it is the oldest backup (an unclosed backup is never purged).
+                let closed = layout::ClosedMarker {
+                    closed_at: now_epoch(),
+                    server_id,
+                };
+                let key = format!("{prefix}/{}", layout::CLOSED_NAME);
+                remote::put_marker(storage, &key, &closed)
+                    .with_context(|| format!("closing stream {}", backup.stream_id))?;
                 log::warn!(
                     "stream {}: not taken over: this server's promotions record was superseded \
                      by server {by}'s from binlog index {start_index}, and taking the stream \
                      back would need a second record of this server, which the layout cannot \
                      hold (moving ours would leave the indexes it covers without their \
-                     owner); a new backup starts instead",
+                     owner); the stream is closed and a new backup starts instead",
                     backup.stream_id
                 );
                 continue;

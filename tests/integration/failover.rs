@@ -15,7 +15,7 @@ use crate::harness::db::{DbServer, Flavor};
 use crate::restore_daemon::{
     assert_same_tables, checkpoint, db_options, load_phase, restore_and_wait, restore_target, site,
 };
-use myhoard::backup_stream::layout::{BinlogInfo, Promotion};
+use myhoard::backup_stream::layout::{BinlogInfo, ClosedMarker, Promotion};
 
 const CAUGHT_UP: Duration = Duration::from_secs(120);
 
@@ -313,10 +313,10 @@ fn mysql_promotion_without_a_resumable_stream_starts_a_new_one() {
 /// promoted again. MyHoard's layout holds one `promotions/<server_id>` record per server, so
 /// taking the stream back would have to move server 1's record from index 1, and the stream
 /// would have no owner from index 1 on: unreadable for every reader. The re-promoted server
-/// leaves the stream as it is and starts a backup of its own. Which records a promotion writes
-/// is storage logic, the same for both flavours; MariaDB runs it.
+/// leaves the stream's records as they are, closes it and starts a backup of its own. Which
+/// records a promotion writes is storage logic, the same for both flavours; MariaDB runs it.
 #[test]
-fn mariadb_failback_leaves_the_stream_readable_and_starts_a_new_backup() {
+fn mariadb_failback_closes_the_stream_readable_and_starts_a_new_backup() {
     let flavor = Flavor::MariaDb;
     let Some((site, master, standby)) = master_and_standby(flavor, "failback", 2) else {
         return;
@@ -412,4 +412,20 @@ fn mariadb_failback_leaves_the_stream_readable_and_starts_a_new_backup() {
         );
     }
     assert_ne!(new_backup["stream_id"], stream_id.as_str());
+
+    // Nobody can add to the stream any more: the re-promoted server closed it, so that
+    // retention, which never purges an unclosed backup, is not stopped by it for good.
+    let closed: Vec<ClosedMarker> = in_stream("closed.json").filter_map(metadata).collect();
+    let closed = closed.first().expect("the old stream's closed.json");
+    assert_eq!(closed.server_id, 1, "{closed:?}");
+    let listed = rejoined_daemon.wait_for(
+        "the old stream listed as closed",
+        Duration::from_secs(60),
+        |d| {
+            d.backups()
+                .into_iter()
+                .find(|b| b["stream_id"] == stream_id.as_str() && b["closed_at"].is_number())
+        },
+    );
+    assert_eq!(listed["closed_at"].as_f64(), Some(closed.closed_at));
 }
