@@ -40,7 +40,9 @@ use crate::restore::coordinator::{RestoreHandle, RestoreOutcome};
 use crate::schedule::{self, BackupReason, BackupRequest};
 use crate::state as state_files;
 use crate::storage::ObjectStorage;
-use state::{ActiveDetails, ControllerState, Mode, Phase, RestoreOptions, StreamState};
+use state::{
+    ActiveDetails, ControllerState, Mode, Phase, RestoreOptions, StreamState, SupersededStream,
+};
 use tasks::{Event, Marker, ServerInfo};
 
 /// At most this many streams exist at once (the old one keeps uploading until the new one has
@@ -53,6 +55,8 @@ const TICK: Duration = Duration::from_millis(200);
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often active mode sends the backup streams' gauges (MyHoard: every loop, 1 s or more).
 const STREAM_STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long after a failure to close the streams a failback could not take back to try again.
+const CLOSE_SUPERSEDED_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One backup site, ready to use.
 pub struct SiteHandle {
@@ -161,6 +165,10 @@ pub struct Controller {
     waiting_for_missing: bool,
     /// A `PUT /status` is being checked on a task thread.
     mode_change_checking: bool,
+    /// The superseded streams are being closed on a task thread; after a failure, not again
+    /// before this.
+    closing_superseded: bool,
+    close_superseded_retry_at: Option<Instant>,
     /// Why binlogs were last kept, as logged at info level (logged again only on a change).
     last_purge_hold_logged: Option<purging::HoldKey>,
     /// When a purge round last removed binlogs, and when nothing was last overdue for
@@ -226,6 +234,8 @@ impl Controller {
             observed_listing_generation: 0,
             promoting: false,
             promote_retry_at: None,
+            closing_superseded: false,
+            close_superseded_retry_at: None,
             waiting_for_missing: false,
             mode_change_checking: false,
             last_purge_hold_logged: None,
@@ -332,6 +342,10 @@ impl Controller {
         if self.state.mode != mode {
             log::info!("mode {} → {mode}", self.state.mode);
             self.state.mode = mode;
+            if !matches!(mode, Mode::Promote | Mode::Active) {
+                // Whether to close them is for the next master to decide.
+                self.state.superseded_streams.clear();
+            }
             self.persist();
             self.notify_mode();
         }
@@ -632,6 +646,7 @@ impl Controller {
                 self.listing_generation += 1;
                 self.state.backups_fetched_at = 0.0;
             }
+            Event::SupersededClosed { closed, error } => self.superseded_closed(closed, error),
             Event::StreamDeleted { stream_id, result } => {
                 self.deleting.remove(&stream_id);
                 match result {
@@ -1621,6 +1636,59 @@ impl Controller {
                 });
             }
         }
+        self.close_superseded_streams();
+    }
+
+    /// Closes the streams a failback could not take back once a backup of this server's own
+    /// is complete (see [`promote`]).
+    fn close_superseded_streams(&mut self) {
+        let own_backup_completed = self
+            .streams
+            .values()
+            .any(|stream| stream.state.completed_info.is_some());
+        if self.state.superseded_streams.is_empty()
+            || !own_backup_completed
+            || self.closing_superseded
+            || self
+                .close_superseded_retry_at
+                .is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        self.closing_superseded = true;
+        let streams = self.state.superseded_streams.clone();
+        let ctx = Arc::clone(&self.ctx);
+        tasks::spawn("close-superseded", &self.events_tx, move || {
+            tasks::close_streams(&ctx, streams)
+        });
+    }
+
+    fn superseded_closed(&mut self, closed: Vec<SupersededStream>, error: Option<String>) {
+        self.closing_superseded = false;
+        for stream in &closed {
+            log::info!(
+                "backup {} is closed; this server's own backup carries on",
+                stream.stream_id
+            );
+        }
+        self.state
+            .superseded_streams
+            .retain(|stream| !closed.contains(stream));
+        if let Some(message) = error {
+            log::error!(
+                "closing a stream this server could not take back, retrying in \
+                 {CLOSE_SUPERSEDED_RETRY_INTERVAL:?}: {message}"
+            );
+            self.ctx
+                .metrics
+                .increase("myhoard.remote_write_errors", &[]);
+            self.close_superseded_retry_at = Some(Instant::now() + CLOSE_SUPERSEDED_RETRY_INTERVAL);
+        }
+        if !closed.is_empty() {
+            self.listing_generation += 1;
+            self.state.backups_fetched_at = 0.0;
+        }
+        self.persist();
     }
 
     fn rotate_if_due(&mut self) {

@@ -16,10 +16,12 @@
 //!    last binlogs (we started the stream, or uploaded under it) and nobody was promoted
 //!    since. When another server was promoted after it (a failback to the old master), the
 //!    stream is not taken over: moving our record would leave the indexes it covers without
-//!    their owner and make the whole stream unreadable (no record from index 1). The stream
-//!    is closed instead (`closed.json`: it stays restorable up to its last binlog, and
-//!    retention, which never purges an unclosed backup, can let it go in time), and a new
-//!    backup starts, as when there is no stream to take over.
+//!    their owner and make the whole stream unreadable (no record from index 1). A new backup
+//!    starts instead, as when there is no stream to take over, and once it is complete the
+//!    old stream is closed (`closed.json`): it stays restorable up to its last binlog, and
+//!    retention, which never purges an unclosed backup, can let it go in time. Not before:
+//!    should this server fail before its own backup is complete, a server promoted then can
+//!    still take the old stream over and keep the chain of binlogs unbroken.
 //! 3. The stream's stored GTIDs (snapshot plus valid binlogs) must all be executed here. When
 //!    some are not (replication was behind when the master died), the stored binlogs holding
 //!    them are downloaded and applied through the server's own replication applier (the
@@ -46,7 +48,7 @@ use crate::restore::coordinator::download_binlog;
 use anyhow::Context as _;
 
 use super::observe::{self, ObservedStream};
-use super::state::{ActiveDetails, Mode, Phase, StreamState};
+use super::state::{ActiveDetails, Mode, Phase, StreamState, SupersededStream};
 use super::tasks::{self, Event};
 use super::{Context, Controller, Stream, now_epoch};
 
@@ -100,8 +102,12 @@ pub fn check_promotable(ctx: &Context) -> Result<(), String> {
 /// The outcome of one promotion attempt.
 #[derive(Debug)]
 pub enum Takeover {
-    /// The streams, with their promotion records written.
-    Ready(Vec<ObservedStream>),
+    /// The streams taken over, with their promotion records written, and those a failback
+    /// cannot take back.
+    Ready {
+        taken: Vec<ObservedStream>,
+        superseded: Vec<SupersededStream>,
+    },
     /// The streams hold transactions this server has not executed.
     Missing {
         stream_id: String,
@@ -245,6 +251,7 @@ pub fn take_over(
 ) -> anyhow::Result<Takeover> {
     let mut client = Client::connect(&ctx.config.mysql.client_params)?;
     let mut taken = Vec::new();
+    let mut superseded = Vec::new();
     for (backup, info) in observe::observable(backups) {
         let Some(site) = ctx.sites.get(&backup.site) else {
             continue;
@@ -280,23 +287,19 @@ pub fn take_over(
         let (first_look, valid, promotions) = look(false).with_context(listing)?;
         let (second_look, binlogs) = match layout::own_promotion(&promotions, &valid, server_id) {
             OwnPromotion::Superseded { by, start_index } => {
-                // Nobody adds to the stream any more. Left open, it would stop retention for
-                // good once it is the oldest backup (an unclosed backup is never purged).
-                let closed = layout::ClosedMarker {
-                    closed_at: now_epoch(),
-                    server_id,
-                };
-                let key = format!("{prefix}/{}", layout::CLOSED_NAME);
-                remote::put_marker(storage, &key, &closed)
-                    .with_context(|| format!("closing stream {}", backup.stream_id))?;
                 log::warn!(
                     "stream {}: not taken over: this server's promotions record was superseded \
                      by server {by}'s from binlog index {start_index}, and taking the stream \
                      back would need a second record of this server, which the layout cannot \
                      hold (moving ours would leave the indexes it covers without their \
-                     owner); the stream is closed and a new backup starts instead",
+                     owner); a new backup starts instead, and the stream is closed once that \
+                     backup is complete",
                     backup.stream_id
                 );
+                superseded.push(SupersededStream {
+                    site: backup.site.clone(),
+                    stream_id: backup.stream_id.clone(),
+                });
                 continue;
             }
             OwnPromotion::Keep => {
@@ -340,7 +343,7 @@ pub fn take_over(
         }
         taken.push(stream);
     }
-    Ok(Takeover::Ready(taken))
+    Ok(Takeover::Ready { taken, superseded })
 }
 
 impl Controller {
@@ -386,7 +389,14 @@ impl Controller {
     pub(super) fn taken_over(&mut self, result: Result<Takeover, String>) {
         self.promoting = false;
         let streams = match result {
-            Ok(Takeover::Ready(streams)) => streams,
+            Ok(Takeover::Ready { taken, superseded }) => {
+                for stream in superseded {
+                    if !self.state.superseded_streams.contains(&stream) {
+                        self.state.superseded_streams.push(stream);
+                    }
+                }
+                taken
+            }
             Ok(Takeover::Missing {
                 stream_id,
                 missing,

@@ -87,6 +87,16 @@ pub struct ControllerState {
     pub force_promote: bool,
     /// A forced restore goes on to promotion once it is finalized.
     pub promote_on_restore_completion: bool,
+    /// Streams a failback could not take back (see [`super::promote`]): closed once a backup
+    /// of this server's own is complete; forgotten when the server stops being the master.
+    pub superseded_streams: Vec<SupersededStream>,
+}
+
+/// A stream another server's promotion superseded this server's record in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupersededStream {
+    pub site: String,
+    pub stream_id: String,
 }
 
 /// A stream's active phase (MyHoard's `BackupStream.ActivePhase`).

@@ -65,6 +65,12 @@ pub enum Event {
     },
     /// A promotion attempt's outcome.
     TakenOver(Result<super::promote::Takeover, String>),
+    /// The streams a failback could not take back that are now closed, and why the others,
+    /// if any, are not.
+    SupersededClosed {
+        closed: Vec<super::state::SupersededStream>,
+        error: Option<String>,
+    },
     /// Stored binlogs a promoted server lacked were applied: how many files.
     MissingApplied(Result<usize, String>),
     /// Whether the server may be promoted, for a pending `PUT /status`.
@@ -365,6 +371,36 @@ pub fn write_marker(ctx: &Context, stream: &StreamState, marker: Marker) -> Even
         stream_id: stream.stream_id.clone(),
         marker,
         result: result.map_err(|e| format!("{e:#}")),
+    }
+}
+
+/// Writes the `closed.json` of each of `streams`, this server's id in it, until one fails.
+pub fn close_streams(ctx: &Context, streams: Vec<super::state::SupersededStream>) -> Event {
+    let mut closed = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let Some(site) = ctx.sites.get(&stream.site) else {
+            return Event::SupersededClosed {
+                closed,
+                error: Some(format!("unknown site {}", stream.site)),
+            };
+        };
+        let prefix = layout::stream_prefix(&stream.site, &stream.stream_id);
+        let marker = layout::ClosedMarker {
+            closed_at: layout::epoch_seconds(Utc::now()),
+            server_id: ctx.config.server_id,
+        };
+        let key = format!("{prefix}/{}", layout::CLOSED_NAME);
+        if let Err(err) = remote::put_marker(site.storage.as_ref(), &key, &marker) {
+            return Event::SupersededClosed {
+                closed,
+                error: Some(format!("writing {key}: {err}")),
+            };
+        }
+        closed.push(stream);
+    }
+    Event::SupersededClosed {
+        closed,
+        error: None,
     }
 }
 

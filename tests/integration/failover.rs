@@ -313,8 +313,9 @@ fn mysql_promotion_without_a_resumable_stream_starts_a_new_one() {
 /// promoted again. MyHoard's layout holds one `promotions/<server_id>` record per server, so
 /// taking the stream back would have to move server 1's record from index 1, and the stream
 /// would have no owner from index 1 on: unreadable for every reader. The re-promoted server
-/// leaves the stream's records as they are, closes it and starts a backup of its own. Which
-/// records a promotion writes is storage logic, the same for both flavours; MariaDB runs it.
+/// leaves the stream's records as they are and starts a backup of its own, and closes the old
+/// stream once that backup is complete. Which records a promotion writes is storage logic, the
+/// same for both flavours; MariaDB runs it.
 #[test]
 fn mariadb_failback_closes_the_stream_readable_and_starts_a_new_backup() {
     let flavor = Flavor::MariaDb;
@@ -370,6 +371,16 @@ fn mariadb_failback_closes_the_stream_readable_and_starts_a_new_backup() {
         "{}",
         rejoined_daemon.log_tail()
     );
+    // The stream stays open while the re-promoted server's own backup is not complete yet: a
+    // server promoted meanwhile could still take it over.
+    let closed_key = format!("{stream_id}/closed.json");
+    let is_closed_marker = |o: &Value| o["key"].as_str().is_some_and(|k| k.contains(&closed_key));
+    assert!(
+        !stored_objects(&dirs[0].path().join("myhoard.json"))
+            .iter()
+            .any(is_closed_marker),
+        "the old stream was closed before the new backup was complete"
+    );
     master.sql("SET GLOBAL read_only = OFF");
     let new_backup = rejoined_daemon.wait_for(
         "the re-promoted server's own backup",
@@ -413,11 +424,8 @@ fn mariadb_failback_closes_the_stream_readable_and_starts_a_new_backup() {
     }
     assert_ne!(new_backup["stream_id"], stream_id.as_str());
 
-    // Nobody can add to the stream any more: the re-promoted server closed it, so that
+    // Once that backup is complete, the re-promoted server closes the old stream, so that
     // retention, which never purges an unclosed backup, is not stopped by it for good.
-    let closed: Vec<ClosedMarker> = in_stream("closed.json").filter_map(metadata).collect();
-    let closed = closed.first().expect("the old stream's closed.json");
-    assert_eq!(closed.server_id, 1, "{closed:?}");
     let listed = rejoined_daemon.wait_for(
         "the old stream listed as closed",
         Duration::from_secs(60),
@@ -427,5 +435,12 @@ fn mariadb_failback_closes_the_stream_readable_and_starts_a_new_backup() {
                 .find(|b| b["stream_id"] == stream_id.as_str() && b["closed_at"].is_number())
         },
     );
+    let closed: Vec<ClosedMarker> = stored_objects(&dirs[0].path().join("myhoard.json"))
+        .iter()
+        .filter(|o| is_closed_marker(o))
+        .filter_map(metadata)
+        .collect();
+    let closed = closed.first().expect("the old stream's closed.json");
+    assert_eq!(closed.server_id, 1, "{closed:?}");
     assert_eq!(listed["closed_at"].as_f64(), Some(closed.closed_at));
 }
