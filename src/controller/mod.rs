@@ -1642,16 +1642,16 @@ impl Controller {
     /// Closes the streams a failback could not take back once a backup of this server's own
     /// is complete (see [`promote`]).
     fn close_superseded_streams(&mut self) {
-        let own_backup_completed = self
-            .streams
-            .values()
-            .any(|stream| stream.state.completed_info.is_some());
+        // Checked on every tick: the usual case, nothing to close, returns first.
         if self.state.superseded_streams.is_empty()
-            || !own_backup_completed
             || self.closing_superseded
             || self
                 .close_superseded_retry_at
                 .is_some_and(|at| Instant::now() < at)
+            || !self
+                .streams
+                .values()
+                .any(|stream| stream.state.completed_info.is_some())
         {
             return;
         }

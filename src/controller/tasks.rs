@@ -340,33 +340,7 @@ fn snapshot_gtids(flavor: Flavor, position: Option<&str>, executed: &GtidSet) ->
 }
 
 pub fn write_marker(ctx: &Context, stream: &StreamState, marker: Marker) -> Event {
-    let now = layout::epoch_seconds(Utc::now());
-    let result = (|| -> anyhow::Result<f64> {
-        let site = ctx
-            .sites
-            .get(&stream.site)
-            .with_context(|| format!("unknown site {}", stream.site))?;
-        let prefix = layout::stream_prefix(&stream.site, &stream.stream_id);
-        match marker {
-            Marker::Completed => remote::put_marker(
-                site.storage.as_ref(),
-                &format!("{prefix}/{}", layout::COMPLETED_NAME),
-                &layout::CompletedMarker {
-                    completed_at: now,
-                    server_id: ctx.config.server_id,
-                },
-            )?,
-            Marker::Closed => remote::put_marker(
-                site.storage.as_ref(),
-                &format!("{prefix}/{}", layout::CLOSED_NAME),
-                &layout::ClosedMarker {
-                    closed_at: now,
-                    server_id: ctx.config.server_id,
-                },
-            )?,
-        }
-        Ok(now)
-    })();
+    let result = put_stream_marker(ctx, &stream.site, &stream.stream_id, marker);
     Event::MarkerWritten {
         stream_id: stream.stream_id.clone(),
         marker,
@@ -374,26 +348,52 @@ pub fn write_marker(ctx: &Context, stream: &StreamState, marker: Marker) -> Even
     }
 }
 
+/// Writes `marker` (`completed.json` or `closed.json`) into a stream, with this server's id and
+/// the time now, which it returns.
+fn put_stream_marker(
+    ctx: &Context,
+    site: &str,
+    stream_id: &str,
+    marker: Marker,
+) -> anyhow::Result<f64> {
+    let now = layout::epoch_seconds(Utc::now());
+    let handle = ctx
+        .sites
+        .get(site)
+        .with_context(|| format!("unknown site {site}"))?;
+    let storage = handle.storage.as_ref();
+    let prefix = layout::stream_prefix(site, stream_id);
+    let server_id = ctx.config.server_id;
+    match marker {
+        Marker::Completed => remote::put_marker(
+            storage,
+            &format!("{prefix}/{}", layout::COMPLETED_NAME),
+            &layout::CompletedMarker {
+                completed_at: now,
+                server_id,
+            },
+        )?,
+        Marker::Closed => remote::put_marker(
+            storage,
+            &format!("{prefix}/{}", layout::CLOSED_NAME),
+            &layout::ClosedMarker {
+                closed_at: now,
+                server_id,
+            },
+        )?,
+    }
+    Ok(now)
+}
+
 /// Writes the `closed.json` of each of `streams`, this server's id in it, until one fails.
 pub fn close_streams(ctx: &Context, streams: Vec<super::state::SupersededStream>) -> Event {
     let mut closed = Vec::with_capacity(streams.len());
     for stream in streams {
-        let Some(site) = ctx.sites.get(&stream.site) else {
+        let written = put_stream_marker(ctx, &stream.site, &stream.stream_id, Marker::Closed);
+        if let Err(err) = written {
             return Event::SupersededClosed {
                 closed,
-                error: Some(format!("unknown site {}", stream.site)),
-            };
-        };
-        let prefix = layout::stream_prefix(&stream.site, &stream.stream_id);
-        let marker = layout::ClosedMarker {
-            closed_at: layout::epoch_seconds(Utc::now()),
-            server_id: ctx.config.server_id,
-        };
-        let key = format!("{prefix}/{}", layout::CLOSED_NAME);
-        if let Err(err) = remote::put_marker(site.storage.as_ref(), &key, &marker) {
-            return Event::SupersededClosed {
-                closed,
-                error: Some(format!("writing {key}: {err}")),
+                error: Some(format!("closing {}: {err:#}", stream.stream_id)),
             };
         }
         closed.push(stream);

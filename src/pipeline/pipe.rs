@@ -156,9 +156,7 @@ impl PipeReader {
         }
         Ok(())
     }
-}
 
-impl PipeReader {
     /// Writes everything the pipe carries into `out`, chunk by chunk without copying them.
     /// Does not flush `out`: for a compressor, a flush would end a block early.
     pub fn write_all_to(&mut self, out: &mut dyn Write) -> Result<(), CopyError> {
