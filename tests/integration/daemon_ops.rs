@@ -219,6 +219,62 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
 /// A panic in any thread reaches Sentry, with the statsd tags, through the reporting that
 /// `error_reporting::init` sets up for the daemon. Nothing makes the daemon panic on purpose, so
 /// the same reporting is driven here in the test process, on a named thread as the daemon's are.
+/// A port already taken is a startup error that names the address, and nothing is left
+/// running; the test harness then starts the daemon on a fresh port, as it does when another
+/// test's server takes a daemon's port between its pick and the daemon's start.
+#[test]
+fn a_taken_http_port_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let port = taken.local_addr().expect("its address").port();
+    let mut config = daemon::example_config();
+    for key in [
+        "systemd_service",
+        "systemctl_command",
+        "systemd_env_update_command",
+    ] {
+        config.as_object_mut().map(|object| object.remove(key));
+    }
+    // Nothing is started in idle mode: the database is never reached.
+    config["start_command"] = json!(["/bin/true"]);
+    config["http_port"] = port.into();
+    for (key, name) in [("state_directory", "state"), ("temporary_directory", "tmp")] {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("creating a directory");
+        config[key] = path.display().to_string().into();
+    }
+    let config_path = dir.path().join("direct.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec(&config).expect("serializing"),
+    )
+    .expect("writing the config");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_myhoard"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .output()
+        .expect("running myhoard");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "listening on 127.0.0.1:{port}: Address already in use"
+        )),
+        "unclear error: {stderr}"
+    );
+
+    let mut daemon = Daemon::start(dir.path(), &config);
+    assert_eq!(daemon.get("/status").0, 200);
+    assert!(
+        daemon.log_text().contains("already in use"),
+        "the first start did not meet the taken port:\n{}",
+        daemon.log_tail()
+    );
+    assert!(daemon.stop(), "the daemon did not stop cleanly");
+    drop(taken);
+}
+
 #[test]
 fn panics_are_reported_to_sentry_with_the_statsd_tags() {
     let sentry = FakeSentry::start();

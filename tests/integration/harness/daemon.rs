@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::db::DbServer;
 use super::myhoard::KeyPair;
-use super::{ServerProcess, free_port, wait_for_port};
+use super::{ServerProcess, free_port, wait_for_port, wait_until};
 
 /// A myhoard config for `db`: the shipped example with the test's paths, site and ports, and
 /// timings shrunk for tests (rotation every `rotation_seconds`).
@@ -143,24 +143,82 @@ impl Daemon {
             .expect("a running daemon")
     }
 
-    /// Starts the process again (after [`Daemon::kill9`] or [`Daemon::stop`]).
+    /// Starts the process again (after [`Daemon::kill9`] or [`Daemon::stop`]). When another
+    /// process took the HTTP port since it was picked (other tests start servers on free
+    /// ports all the time), the config gets a fresh port and the daemon is started again.
     pub fn start_again(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_myhoard"));
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("MYHOARD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let log_before = fs::metadata(&self.log).map_or(0, |meta| meta.len());
+            let mut command = Command::new(env!("CARGO_BIN_EXE_myhoard"));
+            command
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config_path)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("MYHOARD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+                )
+                .envs(self.env.iter().map(|(name, value)| (name, value)));
+            let mut process =
+                ServerProcess::spawn("myhoard", command, &self.log).expect("starting myhoard");
+            // Something else may answer on a taken port: the daemon is up once its own API
+            // answers, and a daemon that exits meanwhile is noticed.
+            let started = wait_for_port(self.port, Duration::from_secs(30), &mut process)
+                .and_then(|()| self.wait_for_api(&mut process));
+            let Err(err) = started else {
+                self.process = Some(process);
+                return;
+            };
+            let this_start = fs::read(&self.log)
+                .ok()
+                .and_then(|log| log.get(log_before as usize..).map(<[u8]>::to_vec))
+                .unwrap_or_default();
+            let port_taken = process.exit_status().is_some()
+                && String::from_utf8_lossy(&this_start).contains("already in use");
+            if !port_taken || attempt == ATTEMPTS {
+                panic!("myhoard did not start: {err}\n{}", self.log_tail());
+            }
+            eprintln!(
+                "note: port {} was taken; starting myhoard on another",
+                self.port
+            );
+            self.port = Daemon::pick_port();
+            let mut config: Value =
+                serde_json::from_slice(&fs::read(&self.config_path).expect("reading config"))
+                    .expect("parsing config");
+            config["http_port"] = Value::from(self.port);
+            fs::write(
+                &self.config_path,
+                serde_json::to_vec_pretty(&config).expect("serializing config"),
             )
-            .envs(self.env.iter().map(|(name, value)| (name, value)));
-        let mut process =
-            ServerProcess::spawn("myhoard", command, &self.log).expect("starting myhoard");
-        if let Err(err) = wait_for_port(self.port, Duration::from_secs(30), &mut process) {
-            panic!("myhoard did not start: {err}\n{}", self.log_tail());
+            .expect("writing config");
         }
-        self.process = Some(process);
+    }
+
+    /// Waits until `GET /status` answers with myhoard's JSON.
+    fn wait_for_api(&self, process: &mut ServerProcess) -> Result<(), String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        wait_until("myhoard's API", Duration::from_secs(30), process, || {
+            let mut response = agent
+                .get(&self.url("/status"))
+                .call()
+                .map_err(|err| err.to_string())?;
+            let text = response
+                .body_mut()
+                .read_to_string()
+                .map_err(|err| err.to_string())?;
+            let status: Value = serde_json::from_str(&text).map_err(|err| err.to_string())?;
+            if status.get("mode").is_some() {
+                Ok(())
+            } else {
+                Err(format!("not myhoard's status: {text}"))
+            }
+        })
     }
 
     /// SIGKILL, like a crash.
