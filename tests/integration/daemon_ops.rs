@@ -238,10 +238,25 @@ fn a_taken_http_port_stops_the_start_with_a_clear_error() {
     // Nothing is started in idle mode: the database is never reached.
     config["start_command"] = json!(["/bin/true"]);
     config["http_port"] = port.into();
+    // Every path of the example config into the test's directory: nothing of the host's is
+    // touched (a /var/lib/myhoard left behind would stop tests/systemd.sh).
     for (key, name) in [("state_directory", "state"), ("temporary_directory", "tmp")] {
         let path = dir.path().join(name);
         std::fs::create_dir_all(&path).expect("creating a directory");
         config[key] = path.display().to_string().into();
+    }
+    let storage = dir.path().join("storage");
+    config["backup_sites"]["default"]["object_storage"]["directory"] =
+        storage.display().to_string().into();
+    let mysql = dir.path().join("mysql");
+    for (key, name) in [
+        ("binlog_prefix", "binlog"),
+        ("config_file_name", "my.cnf"),
+        ("data_directory", "data"),
+        ("relay_log_index_file", "relay.index"),
+        ("relay_log_prefix", "relay"),
+    ] {
+        config["mysql"][key] = mysql.join(name).display().to_string().into();
     }
     let config_path = dir.path().join("direct.json");
     std::fs::write(
@@ -272,6 +287,10 @@ fn a_taken_http_port_stops_the_start_with_a_clear_error() {
         daemon.log_tail()
     );
     assert!(daemon.stop(), "the daemon did not stop cleanly");
+    assert!(
+        storage.is_dir(),
+        "the local storage is not where the config says"
+    );
     drop(taken);
 }
 
