@@ -216,9 +216,6 @@ fn notifications_reload_journald_priorities_and_no_secrets() {
     assert!(!log.contains(&sentry.dsn()), "the Sentry DSN in the log");
 }
 
-/// A panic in any thread reaches Sentry, with the statsd tags, through the reporting that
-/// `error_reporting::init` sets up for the daemon. Nothing makes the daemon panic on purpose, so
-/// the same reporting is driven here in the test process, on a named thread as the daemon's are.
 /// A port already taken is a startup error that names the address, and nothing is left
 /// running; the test harness then starts the daemon on a fresh port, as it does when another
 /// test's server takes a daemon's port between its pick and the daemon's start.
@@ -228,13 +225,7 @@ fn a_taken_http_port_stops_the_start_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
     let port = taken.local_addr().expect("its address").port();
     let mut config = daemon::example_config();
-    for key in [
-        "systemd_service",
-        "systemctl_command",
-        "systemd_env_update_command",
-    ] {
-        config.as_object_mut().map(|object| object.remove(key));
-    }
+    daemon::without_systemd(&mut config);
     // Nothing is started in idle mode: the database is never reached.
     config["start_command"] = json!(["/bin/true"]);
     config["http_port"] = port.into();
@@ -294,6 +285,9 @@ fn a_taken_http_port_stops_the_start_with_a_clear_error() {
     drop(taken);
 }
 
+/// A panic in any thread reaches Sentry, with the statsd tags, through the reporting that
+/// `error_reporting::init` sets up for the daemon. Nothing makes the daemon panic on purpose, so
+/// the same reporting is driven here in the test process, on a named thread as the daemon's are.
 #[test]
 fn panics_are_reported_to_sentry_with_the_statsd_tags() {
     let sentry = FakeSentry::start();

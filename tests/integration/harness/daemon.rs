@@ -37,14 +37,20 @@ pub fn config_for(db: &DbServer, dir: &Path, site: Value, http_port: u16) -> Val
     config["state_directory"] = state.display().to_string().into();
     config["temporary_directory"] = temporary.display().to_string().into();
     config["start_command"] = json!(db.mysqld_command());
+    without_systemd(&mut config);
+    config["restore_download_workers"] = 2.into();
+    config["binlog_purge_settings"]["enabled"] = false.into();
+    config
+}
+
+/// Takes the systemd keys out of a config, so that the daemon starts the database with its
+/// `start_command`.
+pub fn without_systemd(config: &mut Value) {
     if let Some(object) = config.as_object_mut() {
         object.remove("systemd_service");
         object.remove("systemctl_command");
         object.remove("systemd_env_update_command");
     }
-    config["restore_download_workers"] = 2.into();
-    config["binlog_purge_settings"]["enabled"] = false.into();
-    config
 }
 
 /// A backup site on local storage.
