@@ -28,7 +28,7 @@
 //! (`are_gtids_in_executed_set`, `first_contains_gtids_not_in_second`) are
 //! [`GtidSet::has_reached`], next to the exact [`GtidSet::contains`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
@@ -239,7 +239,7 @@ impl Origin {
     }
 
     /// The largest sequence number this flavour can hold.
-    fn max_sequence(&self) -> u64 {
+    pub fn max_sequence(&self) -> u64 {
         match self {
             Origin::Mysql { .. } => MYSQL_GNO_MAX,
             Origin::Mariadb { .. } => u64::MAX,
@@ -1315,10 +1315,33 @@ impl GtidRange {
 
 /// Folds GTID events, in binlog order, into [`GtidRange`]s one at a time, for a reader that
 /// streams events instead of collecting them; [`build_gtid_ranges`] is the one-call form.
+///
+/// Origins are numbered in the order they first appear ([`GtidRangeBuilder::number`]): a
+/// binlog reader pushes a transaction at a time, and carrying and comparing a number costs
+/// less than an [`Origin`] (a UUID and an optional tag) on every one of them.
 #[derive(Debug, Default)]
 pub struct GtidRangeBuilder {
-    done: Vec<GtidRange>,
-    current: Option<GtidRange>,
+    origins: Vec<Origin>,
+    numbers: HashMap<Origin, OriginNumber>,
+    /// The origin numbered last: consecutive transactions almost always share it.
+    last_numbered: Option<OriginNumber>,
+    done: Vec<NumberedRange>,
+    current: Option<NumberedRange>,
+}
+
+/// An origin's number in a [`GtidRangeBuilder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginNumber(u32);
+
+/// A [`GtidRange`] whose origin is an [`OriginNumber`].
+#[derive(Debug, Clone, Copy)]
+struct NumberedRange {
+    origin: OriginNumber,
+    start: u64,
+    end: u64,
+    start_ts: u64,
+    end_ts: u64,
+    server_id: u32,
 }
 
 impl GtidRangeBuilder {
@@ -1327,31 +1350,74 @@ impl GtidRangeBuilder {
         GtidRangeBuilder::default()
     }
 
+    /// The number of `origin`, numbering it if it is new.
+    #[inline]
+    pub fn number(&mut self, origin: &Origin) -> OriginNumber {
+        match self.last_numbered {
+            Some(last) if self.origin(last) == origin => last,
+            _ => self.number_other(origin),
+        }
+    }
+
+    #[cold]
+    fn number_other(&mut self, origin: &Origin) -> OriginNumber {
+        let number = match self.numbers.get(origin) {
+            Some(&number) => number,
+            None => {
+                // A binlog names a handful of origins; 2^32 of them would take a file of
+                // 2^32 GTID events, hundreds of gigabytes.
+                let number = OriginNumber(u32::try_from(self.origins.len()).unwrap_or(u32::MAX));
+                self.origins.push(origin.clone());
+                self.numbers.insert(origin.clone(), number);
+                number
+            }
+        };
+        self.last_numbered = Some(number);
+        number
+    }
+
+    /// The origin numbered `number` by this builder.
+    pub fn origin(&self, number: OriginNumber) -> &Origin {
+        &self.origins[number.0 as usize]
+    }
+
     /// Adds the next event. It extends the current range if it has the same origin and the next
     /// sequence number; anything else closes that range and starts a new one. As in Python
     /// MyHoard the server id is not compared: a range keeps its first event's.
     pub fn push(&mut self, event: GtidEvent) {
-        self.push_gtid(&event.gtid, event.timestamp, event.server_id);
+        let origin = self.number(&event.gtid.origin);
+        self.push_numbered(
+            origin,
+            event.gtid.sequence,
+            event.timestamp,
+            event.server_id,
+        );
     }
 
-    /// [`push`](Self::push) of an event given by its parts. The origin is cloned only when it
-    /// starts a range: a binlog reader calls this once per transaction.
-    pub fn push_gtid(&mut self, gtid: &Gtid, timestamp: u64, server_id: u32) {
+    /// [`push`](Self::push) of an event given by its parts, its origin by its number.
+    #[inline]
+    pub fn push_numbered(
+        &mut self,
+        origin: OriginNumber,
+        sequence: u64,
+        timestamp: u64,
+        server_id: u32,
+    ) {
         if let Some(current) = &mut self.current
-            && current.server_uuid == gtid.origin
-            && current.end.checked_add(1) == Some(gtid.sequence)
+            && current.origin == origin
+            && current.end.checked_add(1) == Some(sequence)
         {
-            current.end = gtid.sequence;
+            current.end = sequence;
             current.end_ts = timestamp;
             return;
         }
-        let next = GtidRange {
-            end: gtid.sequence,
+        let next = NumberedRange {
+            origin,
+            start: sequence,
+            end: sequence,
+            start_ts: timestamp,
             end_ts: timestamp,
             server_id,
-            server_uuid: gtid.origin.clone(),
-            start: gtid.sequence,
-            start_ts: timestamp,
         };
         if let Some(finished) = self.current.replace(next) {
             self.done.push(finished);
@@ -1362,6 +1428,16 @@ impl GtidRangeBuilder {
     pub fn finish(mut self) -> Vec<GtidRange> {
         self.done.extend(self.current.take());
         self.done
+            .iter()
+            .map(|range| GtidRange {
+                end: range.end,
+                end_ts: range.end_ts,
+                server_id: range.server_id,
+                server_uuid: self.origin(range.origin).clone(),
+                start: range.start,
+                start_ts: range.start_ts,
+            })
+            .collect()
     }
 }
 
@@ -1383,6 +1459,27 @@ mod tests {
 
     const U1: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
     const U2: &str = "8c2b3a1e-2f4d-11ef-a5b2-0242ac120002";
+
+    #[test]
+    fn range_builder_numbers_each_origin_once() {
+        let u1 = Origin::mysql(U1.parse().expect("uuid"));
+        let u1_tagged =
+            Origin::mysql_tagged(U1.parse().expect("uuid"), "tag".parse().expect("tag"));
+        let u2 = Origin::mysql(U2.parse().expect("uuid"));
+        let mariadb = Origin::mariadb(0, 1);
+        let mut builder = GtidRangeBuilder::new();
+        // In order of appearance, with repeats after other origins: a repeat gets its first
+        // number back, and every number leads back to its origin.
+        let order = [&u1, &u1, &u2, &u1_tagged, &u1, &mariadb, &u2, &mariadb];
+        let numbers: Vec<OriginNumber> = order.iter().map(|o| builder.number(o)).collect();
+        for (i, (origin, number)) in order.iter().zip(&numbers).enumerate() {
+            assert_eq!(builder.origin(*number), *origin, "#{i}");
+            let first = order.iter().position(|o| o == origin).expect("present");
+            assert_eq!(*number, numbers[first], "#{i} {origin}");
+        }
+        let distinct: std::collections::HashSet<u32> = numbers.iter().map(|n| n.0).collect();
+        assert_eq!(distinct.len(), 4);
+    }
 
     #[test]
     fn checked_accepts_exactly_what_new_accepts() {

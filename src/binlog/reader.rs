@@ -29,7 +29,9 @@ use super::event::{
     self, CHECKSUM_LEN, Checksum, FLAG_ARTIFICIAL, Flavor, FormatDescription, GtidEventBody,
     HEADER_LEN, Header, QueryKind,
 };
-use crate::gtid::{Gtid, GtidRange, GtidRangeBuilder, GtidSet, MariadbGtidState, Origin};
+use crate::gtid::{
+    Gtid, GtidRange, GtidRangeBuilder, GtidSet, MariadbGtidState, Origin, OriginNumber,
+};
 
 /// The read buffer size: large enough that reads are few and most events are decoded in place
 /// without copying, small enough to stay in a core's L2 cache, where the kernel's copy leaves
@@ -734,7 +736,8 @@ const INTERPRETED: [bool; 256] = {
 
 /// A transaction whose GTID event has been seen and whose commit has not.
 struct OpenTransaction {
-    gtid: Option<Gtid>,
+    /// Its origin, numbered by the scan's range builder, and sequence number.
+    gtid: Option<(OriginNumber, u64)>,
     start: u64,
     gtid_event_timestamp: u32,
     server_id: u32,
@@ -1048,11 +1051,10 @@ impl Scan {
     ) -> Result<(), event::Malformed> {
         let gtid = match &body.gtid {
             Some((origin, sequence)) => {
-                let gtid = Gtid::checked(origin.clone(), *sequence);
-                if gtid.is_none() {
+                if *sequence == 0 || *sequence > origin.max_sequence() {
                     return Err("gtid sequence number out of range");
                 }
-                gtid
+                Some((self.ranges.number(origin), *sequence))
             }
             None => None,
         };
@@ -1091,11 +1093,13 @@ impl Scan {
         self.n_transactions += 1;
         self.first_commit_us.get_or_insert(commit_time_us);
         self.last_commit_us = Some(commit_time_us);
-        match &open.gtid {
-            Some(gtid) => {
-                self.ranges
-                    .push_gtid(gtid, u64::from(open.gtid_event_timestamp), open.server_id)
-            }
+        match open.gtid {
+            Some((origin, sequence)) => self.ranges.push_numbered(
+                origin,
+                sequence,
+                u64::from(open.gtid_event_timestamp),
+                open.server_id,
+            ),
             None => self.n_anonymous += 1,
         }
         if !self.hand_out {
@@ -1103,8 +1107,11 @@ impl Scan {
             return;
         }
         if let Some(open) = self.open.take() {
+            let gtid = open.gtid.and_then(|(origin, sequence)| {
+                Gtid::checked(self.ranges.origin(origin).clone(), sequence)
+            });
             self.completed = Some(Transaction {
-                gtid: open.gtid,
+                gtid,
                 start: open.start,
                 end,
                 commit_time_us,
