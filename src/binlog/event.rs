@@ -204,11 +204,23 @@ pub struct GtidEventBody {
     pub standalone: bool,
 }
 
+/// A MySQL GTID_LOG_EVENT or ANONYMOUS_GTID_LOG_EVENT as stored: what the reader needs of
+/// almost every transaction, read in place and without building an [`Origin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MysqlGtidFields<'a> {
+    /// The source's server UUID, as the event stores it.
+    pub sid: &'a [u8; 16],
+    /// The GNO, unchecked: an anonymous event has 0 here.
+    pub gno: u64,
+    /// The `immediate_commit_timestamp`, microseconds since the epoch, when present.
+    pub immediate_commit_us: Option<u64>,
+}
+
 /// Decodes the body of a MySQL GTID_LOG_EVENT (33) or ANONYMOUS_GTID_LOG_EVENT (34):
 /// `flags:u8 sid:[u8;16] gno:i64`, then optionally the logical clock
 /// (`typecode=2:u8 last_committed:i64 sequence_number:i64`), then the 7-byte
 /// `immediate_commit_timestamp` whose top bit says an `original_commit_timestamp` follows.
-pub fn mysql_gtid(body: &[u8], anonymous: bool) -> Result<GtidEventBody, Malformed> {
+pub fn mysql_gtid_fields(body: &[u8]) -> Result<MysqlGtidFields<'_>, Malformed> {
     let mut cursor = Cursor::new(body);
     let _flags = cursor.u8().ok_or("gtid event too short")?;
     let sid = cursor.array_ref::<16>().ok_or("gtid event too short")?;
@@ -222,20 +234,33 @@ pub fn mysql_gtid(body: &[u8], anonymous: bool) -> Result<GtidEventBody, Malform
             immediate_commit_us = Some(le_uint(raw) & !(1 << 55));
         }
     }
+    Ok(MysqlGtidFields {
+        sid,
+        gno,
+        immediate_commit_us,
+    })
+}
+
+/// [`mysql_gtid_fields`], with the GNO checked and the origin built.
+pub fn mysql_gtid(body: &[u8], anonymous: bool) -> Result<GtidEventBody, Malformed> {
+    let fields = mysql_gtid_fields(body)?;
     let gtid = if anonymous {
         None
     } else {
-        Some((Origin::mysql(Uuid::from_bytes(*sid)), checked_gno(gno)?))
+        Some((
+            Origin::mysql(Uuid::from_bytes(*fields.sid)),
+            checked_gno(fields.gno)?,
+        ))
     };
     Ok(GtidEventBody {
         gtid,
-        immediate_commit_us,
+        immediate_commit_us: fields.immediate_commit_us,
         standalone: false,
     })
 }
 
 /// A GNO must be 1 to `i64::MAX - 1` (MySQL stores GNOs as signed 64-bit numbers).
-fn checked_gno(gno: u64) -> Result<u64, Malformed> {
+pub fn checked_gno(gno: u64) -> Result<u64, Malformed> {
     if gno == 0 || gno > crate::gtid::MYSQL_GNO_MAX {
         return Err("gtid number out of range");
     }
@@ -344,9 +369,20 @@ pub fn mysql_tagged_gtid(body: &[u8]) -> Result<GtidEventBody, Malformed> {
     })
 }
 
+/// A MariaDB GTID_EVENT: what the reader needs of every transaction, without building an
+/// [`Origin`]. The origin's server id is the event header's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MariadbGtidFields {
+    /// `seq_no`, at least 1.
+    pub sequence: u64,
+    pub domain: u32,
+    /// No BEGIN follows: a standalone (DDL) transaction.
+    pub standalone: bool,
+}
+
 /// Decodes the body of a MariaDB GTID_EVENT (162): `seq_no:u64 domain_id:u32 flags2:u8`, then
-/// a commit id and XA data that the reader does not need. The server id is the header's.
-pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Result<GtidEventBody, Malformed> {
+/// a commit id and XA data that the reader does not need.
+pub fn mariadb_gtid_fields(body: &[u8]) -> Result<MariadbGtidFields, Malformed> {
     let mut cursor = Cursor::new(body);
     let sequence = cursor.u64().ok_or("gtid event too short")?;
     let domain = cursor.u32().ok_or("gtid event too short")?;
@@ -357,10 +393,20 @@ pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Result<GtidEventBody, Malfor
     if sequence == 0 {
         return Err("gtid sequence number 0");
     }
-    Ok(GtidEventBody {
-        gtid: Some((Origin::mariadb(domain, server_id), sequence)),
-        immediate_commit_us: None,
+    Ok(MariadbGtidFields {
+        sequence,
+        domain,
         standalone: flags2 & MARIADB_FL_STANDALONE != 0,
+    })
+}
+
+/// [`mariadb_gtid_fields`], with the origin built from them and the header's `server_id`.
+pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Result<GtidEventBody, Malformed> {
+    let fields = mariadb_gtid_fields(body)?;
+    Ok(GtidEventBody {
+        gtid: Some((Origin::mariadb(fields.domain, server_id), fields.sequence)),
+        immediate_commit_us: None,
+        standalone: fields.standalone,
     })
 }
 

@@ -30,7 +30,7 @@ use super::event::{
     HEADER_LEN, Header, QueryKind,
 };
 use crate::gtid::{
-    Gtid, GtidRange, GtidRangeBuilder, GtidSet, MariadbGtidState, Origin, OriginNumber,
+    Gtid, GtidRange, GtidRangeBuilder, GtidSet, MariadbGtidState, Origin, OriginNumber, Uuid,
 };
 
 /// The read buffer size: large enough that reads are few and most events are decoded in place
@@ -748,6 +748,13 @@ struct OpenTransaction {
     last_timestamp: u32,
 }
 
+/// An untagged MySQL or a MariaDB origin as its GTID event gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawOrigin {
+    Mysql([u8; 16]),
+    Mariadb { domain: u32, server: u32 },
+}
+
 /// The interpretation state: the current transaction and the summary so far.
 struct Scan {
     file: PathBuf,
@@ -764,6 +771,8 @@ struct Scan {
     /// the summary's GTID set and MariaDB state after are made of, at the end, a run at a time
     /// rather than a transaction at a time.
     ranges: GtidRangeBuilder,
+    /// The last origin numbered by [`Scan::number_raw`].
+    last_raw_origin: Option<(RawOrigin, OriginNumber)>,
     mariadb_state_after: Option<MariadbGtidState>,
     n_transactions: u64,
     n_anonymous: u64,
@@ -788,6 +797,7 @@ impl Scan {
             completed: None,
             previous_gtids: None,
             ranges: GtidRangeBuilder::new(),
+            last_raw_origin: None,
             mariadb_state_after,
             n_transactions: 0,
             n_anonymous: 0,
@@ -872,10 +882,23 @@ impl Scan {
                 self.on_query(kind, end, header.timestamp);
             }
             event::MYSQL_GTID_LOG_EVENT if self.fde.flavor == Flavor::Mysql => {
-                self.on_gtid_event(offset, header, &event::mysql_gtid(body, false))?;
+                let fields = event::mysql_gtid_fields(body)
+                    .and_then(|fields| Ok((fields, event::checked_gno(fields.gno)?)));
+                let (fields, gno) =
+                    fields.map_err(|reason| self.malformed(offset, header, reason))?;
+                let origin = self.number_raw(RawOrigin::Mysql(*fields.sid));
+                let gtid = Some((origin, gno));
+                self.start_transaction(offset, header, gtid, fields.immediate_commit_us, false);
             }
             event::MARIADB_GTID_EVENT if self.fde.flavor == Flavor::Mariadb => {
-                self.on_gtid_event(offset, header, &event::mariadb_gtid(body, header.server_id))?;
+                let fields = event::mariadb_gtid_fields(body)
+                    .map_err(|reason| self.malformed(offset, header, reason))?;
+                let origin = self.number_raw(RawOrigin::Mariadb {
+                    domain: fields.domain,
+                    server: header.server_id,
+                });
+                let gtid = Some((origin, fields.sequence));
+                self.start_transaction(offset, header, gtid, None, fields.standalone);
             }
             _ => return self.on_rare_event(offset, header, body, truncated),
         }
@@ -884,25 +907,82 @@ impl Scan {
         Ok(())
     }
 
-    /// A transaction's GTID event: the transaction open before it, if any, ends here (a
-    /// server does not write that, see [`TransactionEnd::Boundary`]), and this one starts.
-    ///
-    /// The decoded event is taken by reference, as its decoder returned it: converting the
-    /// result to another error type moves the body into another layout, in pieces whose
-    /// reloads stall the CPU's store forwarding, on every transaction.
+    /// A GTID event of a kind that does not take the short way (anonymous, tagged, or of the
+    /// other flavour's type number in a file of this flavour's).
     fn on_gtid_event(
         &mut self,
         offset: u64,
         header: &Header,
-        decoded: &Result<GtidEventBody, event::Malformed>,
+        decoded: Result<GtidEventBody, event::Malformed>,
     ) -> Result<(), Error> {
-        let body = match decoded {
-            Ok(body) => body,
-            Err(reason) => return Err(self.malformed(offset, header, reason)),
+        let body = decoded.map_err(|reason| self.malformed(offset, header, reason))?;
+        let gtid = match &body.gtid {
+            Some((origin, sequence)) => {
+                if *sequence == 0 || *sequence > origin.max_sequence() {
+                    return Err(self.malformed(
+                        offset,
+                        header,
+                        "gtid sequence number out of range",
+                    ));
+                }
+                Some((self.ranges.number(origin), *sequence))
+            }
+            None => None,
         };
+        self.start_transaction(
+            offset,
+            header,
+            gtid,
+            body.immediate_commit_us,
+            body.standalone,
+        );
+        Ok(())
+    }
+
+    /// The number of an untagged MySQL or a MariaDB origin: the last one's, without building
+    /// an [`Origin`], when it is the same, as for almost every transaction.
+    #[inline]
+    fn number_raw(&mut self, raw: RawOrigin) -> OriginNumber {
+        match self.last_raw_origin {
+            Some((last, number)) if last == raw => number,
+            _ => self.number_other_raw(raw),
+        }
+    }
+
+    #[cold]
+    fn number_other_raw(&mut self, raw: RawOrigin) -> OriginNumber {
+        let origin = match raw {
+            RawOrigin::Mysql(sid) => Origin::mysql(Uuid::from_bytes(sid)),
+            RawOrigin::Mariadb { domain, server } => Origin::mariadb(domain, server),
+        };
+        let number = self.ranges.number(&origin);
+        self.last_raw_origin = Some((raw, number));
+        number
+    }
+
+    /// A transaction's GTID event at `offset`: the transaction open before it, if any, ends
+    /// here (a server does not write that, see [`TransactionEnd::Boundary`]), and this one
+    /// starts. `gtid` is its origin's number and its sequence number, already checked.
+    #[inline]
+    fn start_transaction(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        gtid: Option<(OriginNumber, u64)>,
+        immediate_commit_us: Option<u64>,
+        standalone: bool,
+    ) {
         self.close(offset, header.timestamp, TransactionEnd::Boundary);
-        self.open_transaction(offset, header, body)
-            .map_err(|reason| self.malformed(offset, header, reason))
+        self.open = Some(OpenTransaction {
+            gtid,
+            start: offset,
+            gtid_event_timestamp: header.timestamp,
+            server_id: header.server_id,
+            immediate_commit_us,
+            // MariaDB's GTID event stands for BEGIN unless the transaction is standalone.
+            begun: self.fde.flavor == Flavor::Mariadb && !standalone,
+            last_timestamp: header.timestamp,
+        });
     }
 
     /// A statement inside the open transaction, ending at `end`.
@@ -955,7 +1035,7 @@ impl Scan {
                     event::MYSQL_GTID_TAGGED_LOG_EVENT => event::mysql_tagged_gtid(body),
                     _ => event::mariadb_gtid(body, header.server_id),
                 };
-                self.on_gtid_event(offset, header, &decoded)?;
+                self.on_gtid_event(offset, header, decoded)?;
             }
             event::XID_EVENT => self.close(end, header.timestamp, TransactionEnd::Xid),
             event::XA_PREPARE_LOG_EVENT => {
@@ -1040,34 +1120,6 @@ impl Scan {
         if let Some(open) = &mut self.open {
             open.last_timestamp = header.timestamp;
         }
-        Ok(())
-    }
-
-    fn open_transaction(
-        &mut self,
-        offset: u64,
-        header: &Header,
-        body: &GtidEventBody,
-    ) -> Result<(), event::Malformed> {
-        let gtid = match &body.gtid {
-            Some((origin, sequence)) => {
-                if *sequence == 0 || *sequence > origin.max_sequence() {
-                    return Err("gtid sequence number out of range");
-                }
-                Some((self.ranges.number(origin), *sequence))
-            }
-            None => None,
-        };
-        self.open = Some(OpenTransaction {
-            gtid,
-            start: offset,
-            gtid_event_timestamp: header.timestamp,
-            server_id: header.server_id,
-            immediate_commit_us: body.immediate_commit_us,
-            // MariaDB's GTID event stands for BEGIN unless the transaction is standalone.
-            begun: self.fde.flavor == Flavor::Mariadb && !body.standalone,
-            last_timestamp: header.timestamp,
-        });
         Ok(())
     }
 
