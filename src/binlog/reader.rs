@@ -865,7 +865,10 @@ impl Scan {
     /// Interprets an event of one of the [`INTERPRETED`] types. The three events of almost
     /// every transaction (its GTID event, BEGIN and commit) take the short way here; the
     /// handful of others a file has go through [`Scan::on_rare_event`].
-    #[inline(never)]
+    ///
+    /// Inlined into the scan loop, as is [`Scan::close`]: as calls, their prologues, epilogues
+    /// and arguments passed through memory came to a tenth of the instructions of a MySQL file.
+    #[inline(always)]
     fn on_interpreted_event(
         &mut self,
         offset: u64,
@@ -1125,6 +1128,7 @@ impl Scan {
 
     /// Ends the open transaction, if any, at offset `end`: adds it to the summary and, when
     /// transactions are handed out, leaves it in `completed`.
+    #[inline(always)]
     fn close(&mut self, end: u64, timestamp: u32, ended_by: TransactionEnd) {
         // Fields are read in place rather than the transaction moved out whole: the event
         // before (see `on_plain_events`) has just stored its time into it, and a wide load
