@@ -911,8 +911,8 @@ impl Scan {
         Ok(())
     }
 
-    /// A GTID event of a kind that does not take the short way (anonymous, tagged, or of the
-    /// other flavour's type number in a file of this flavour's).
+    /// A GTID event of a kind that does not take the short way: MySQL's anonymous and tagged
+    /// ones, decoded into an [`Origin`].
     fn on_gtid_event(
         &mut self,
         offset: u64,
