@@ -238,8 +238,14 @@ impl Origin {
         matches!(self, Origin::Mariadb { .. })
     }
 
+    /// Whether `sequence` numbers a transaction of this origin: from 1 to the flavour's
+    /// largest.
+    pub fn numbers(&self, sequence: u64) -> bool {
+        sequence != 0 && sequence <= self.max_sequence()
+    }
+
     /// The largest sequence number this flavour can hold.
-    pub fn max_sequence(&self) -> u64 {
+    fn max_sequence(&self) -> u64 {
         match self {
             Origin::Mysql { .. } => MYSQL_GNO_MAX,
             Origin::Mariadb { .. } => u64::MAX,
@@ -340,7 +346,9 @@ impl Gtid {
     /// (a binlog reader's open transaction): the GTID goes where it is stored as it is, which
     /// converting `new`'s result would move in pieces on every transaction.
     pub fn checked(origin: Origin, sequence: u64) -> Option<Gtid> {
-        (sequence != 0 && sequence <= origin.max_sequence()).then_some(Gtid { origin, sequence })
+        origin
+            .numbers(sequence)
+            .then_some(Gtid { origin, sequence })
     }
 
     /// Where the transaction was committed first.

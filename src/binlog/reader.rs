@@ -922,7 +922,7 @@ impl Scan {
         let body = decoded.map_err(|reason| self.malformed(offset, header, reason))?;
         let gtid = match &body.gtid {
             Some((origin, sequence)) => {
-                if *sequence == 0 || *sequence > origin.max_sequence() {
+                if !origin.numbers(*sequence) {
                     return Err(self.malformed(
                         offset,
                         header,
